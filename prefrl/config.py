@@ -1,0 +1,301 @@
+"""Run configuration: frozen dataclasses, one docstring per field.
+
+The CLI (``prefrl train --help``) is generated from these docstrings by tyro, and
+the whole tree is saved as ``config.json`` in every run folder, so a run can be
+resumed or reproduced from the folder alone. Values that follow from others are
+properties, never fields "filled in at runtime".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line that says how to fix it."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    env: str = "Pendulum-v1"
+    """Gymnasium id (Box observation; Box or Discrete actions), e.g. CartPole-v1, Acrobot-v1."""
+    n_envs: int = 4
+    """Parallel environment copies stepped by PPO."""
+    vec_env: Literal["dummy", "subproc"] = "dummy"
+    """VecEnv class: `dummy` steps envs in this process (best for cheap classic-control envs)."""
+    fixed_horizon: bool = True
+    """Hide episode ends from the reward: after termination the env sits in an absorbing
+    state (last observation, reward 0) until the time limit, so every episode has the same length."""
+    max_episode_steps: Optional[int] = None
+    """Override the registered time limit (None keeps the env's own)."""
+    normalize_obs: bool = True
+    """Normalise PPO's observations with running statistics (VecNormalize); clips keep raw ones."""
+    normalize_reward: bool = True
+    """Scale the reward PPO sees by a running return std (VecNormalize), for true and learned reward alike."""
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters; defaults are rl-zoo's tuned Pendulum-v1 settings."""
+
+    n_steps: int = 1024
+    """Steps per env per rollout; the reward loop runs once per rollout."""
+    batch_size: int = 64
+    """Minibatch size of PPO updates."""
+    n_epochs: int = 10
+    """PPO epochs over each rollout."""
+    learning_rate: float = 1e-3
+    """Adam learning rate of the policy."""
+    gamma: float = 0.9
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """PPO clipping range."""
+    ent_coef: float = 0.0
+    """Entropy bonus."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    use_sde: bool = True
+    """Generalised state-dependent exploration (Box actions only; ignored for Discrete)."""
+    sde_sample_freq: int = 4
+    """Resample the gSDE noise every this many steps."""
+    net_arch: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the policy and value networks."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The reward predictor: a flat ensemble of MLPs fit with Bradley-Terry."""
+
+    ensemble_size: int = 3
+    """Members of the ensemble, each fit on its own bootstrap resample of the labels."""
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of each member (leaky ReLU)."""
+    use_actions: bool = True
+    """Feed (observation, action) to the reward model; False uses observations only."""
+    dropout: float = 0.0
+    """Dropout probability in each member's hidden layers."""
+    random_answer_prob: float = 0.1
+    """Chance that the labeler answered uniformly at random (the paper's 10% term)."""
+    val_fraction: float = 1 / math.e
+    """Share of labels held out for validation (the paper holds out 1/e)."""
+    l2: float = 1e-4
+    """Initial L2 weight on the members' parameters."""
+    adapt_l2: bool = True
+    """Adapt the L2 weight so that validation loss stays 1.1-1.5x the training loss."""
+    lr: float = 3e-3
+    """Adam learning rate of the reward model."""
+    batch_size: int = 32
+    """Labels per minibatch."""
+    epochs: int = 30
+    """Epochs per refit over the current labels."""
+    pretrain_epochs: int = 100
+    """Epochs of the first fit, on the labels from the initial policy."""
+    output_std: float = 1.0
+    """Each member's output is normalised to zero mean and this std before averaging."""
+    label_buffer: Optional[int] = None
+    """Train on only the newest this many labels (None: all)."""
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Clips, pair choice, label schedule and the labeler."""
+
+    labeler: Literal["oracle"] = "oracle"
+    """Who answers: `oracle` is a synthetic teacher on the true reward."""
+    teacher: Literal["oracle", "stochastic", "mistake", "skip", "equal", "myopic"] = "oracle"
+    """Synthetic teacher (B-Pref): perfect oracle or one of its imperfect variants."""
+    total_labels: int = 200
+    """Labels to gather over the whole run."""
+    schedule: Literal["online", "offline"] = "online"
+    """`online`: labels throughout training at a decaying rate; `offline`: all from the initial policy."""
+    initial_fraction: float = 0.25
+    """Share of labels taken from the initial policy before PPO starts (online schedule)."""
+    rate_constant: Optional[float] = None
+    """c in the paper's label rate c/(T+c), in env steps (None: a fifth of the run)."""
+    labels_done_fraction: float = 0.75
+    """The online schedule hands out its last label at this fraction of the run."""
+    clip_length: int = 25
+    """Steps per clip; must not exceed an episode."""
+    sampler: Literal["disagreement", "random"] = "disagreement"
+    """Pair choice: random, or the pairs the ensemble members disagree on most."""
+    candidate_factor: int = 10
+    """The disagreement sampler scores this many times more random pairs than it keeps."""
+    clip_pool: int = 2000
+    """Most recent clips kept in memory as pair candidates (older ones are dropped)."""
+    tie_tolerance: float = 1e-6
+    """Oracle: returns closer than this (relative to the clip's reward scale) are `equal`."""
+    beta: float = 1.0
+    """Stochastic teacher: Bradley-Terry rationality (higher is more decisive)."""
+    mistake_prob: float = 0.1
+    """Mistake teacher: chance of flipping the answer."""
+    skip_quantile: float = 0.25
+    """Skip teacher: answers `can't tell` when both clips' returns are below this quantile of the batch."""
+    equal_fraction: float = 0.1
+    """Equal teacher: `equal` when returns differ by less than this times the batch's return std."""
+    myopic_gamma: float = 0.9
+    """Myopic teacher: weight gamma^(T-1-t) on step t, so the end of the clip counts most."""
+    render_clips: bool = False
+    """Render frames and write an H.264 MP4 beside each labelled clip (slower)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run: `prefrl train` flags map one-to-one onto these fields."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    exp_name: str = "prefs"
+    """Experiment name, part of the run folder's name."""
+    seed: int = 0
+    """Seed of envs, PPO, the reward model and the teachers."""
+    total_timesteps: int = 122_880
+    """PPO env steps (label-collection steps of the initial policy are counted separately)."""
+    reward_source: Literal["learned", "true"] = "learned"
+    """`learned` trains PPO on the preference reward model; `true` is the PPO-true baseline."""
+    results_dir: Path = Path("results")
+    """Folder that holds run folders."""
+    run_dir: Optional[Path] = None
+    """Exact run folder (default: results_dir/<env>__<exp>__<seed>__<time>). Never overwritten."""
+    checkpoint_every: int = 5
+    """Checkpoint PPO, the ensemble and the schedule every this many rollouts (and at the end)."""
+    eval_episodes: int = 10
+    """Deterministic episodes on the true reward for the final score (reset seeds 10000...)."""
+    torch_threads: int = 1
+    """torch threads in this process; more than 1 made PPO 30x slower on a busy 2-core machine."""
+    device: str = "cpu"
+    """torch device of PPO and the reward model."""
+    progress_bar: bool = True
+    """Show a progress bar."""
+
+    @property
+    def n_envs(self) -> int:
+        return self.env.n_envs
+
+    @property
+    def rollout_steps(self) -> int:
+        """Env steps per PPO rollout across all envs."""
+        return self.ppo.n_steps * self.env.n_envs
+
+    @property
+    def rate_constant(self) -> float:
+        c = self.feedback.rate_constant
+        return float(c) if c is not None else self.total_timesteps / 5
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError (one line, with the fix) on settings that cannot work."""
+        fb, rm, e = self.feedback, self.reward, self.env
+        checks = [
+            (fb.total_labels > 0 or self.reward_source == "true",
+             f"--total-labels must be > 0 (got {fb.total_labels}); use --reward-source true for PPO on the true reward"),
+            (fb.total_labels <= 1_000_000, f"--total-labels {fb.total_labels} is absurd; use at most 1,000,000"),
+            (fb.clip_length >= 1, f"--clip-length must be >= 1 (got {fb.clip_length})"),
+            (0.0 <= fb.initial_fraction <= 1.0, f"--initial-fraction must be in [0, 1] (got {fb.initial_fraction})"),
+            (0.0 < fb.labels_done_fraction <= 1.0,
+             f"--labels-done-fraction must be in (0, 1] (got {fb.labels_done_fraction})"),
+            (fb.candidate_factor >= 1, f"--candidate-factor must be >= 1 (got {fb.candidate_factor})"),
+            (fb.clip_pool >= 2, f"--clip-pool must be >= 2 (got {fb.clip_pool})"),
+            (0.0 <= fb.mistake_prob <= 1.0, f"--mistake-prob must be in [0, 1] (got {fb.mistake_prob})"),
+            (0.0 <= fb.skip_quantile <= 1.0, f"--skip-quantile must be in [0, 1] (got {fb.skip_quantile})"),
+            (0.0 < fb.myopic_gamma <= 1.0, f"--myopic-gamma must be in (0, 1] (got {fb.myopic_gamma})"),
+            (fb.beta > 0, f"--beta must be > 0 (got {fb.beta})"),
+            (fb.rate_constant is None or fb.rate_constant > 0, f"--rate-constant must be > 0 (got {fb.rate_constant})"),
+            (rm.ensemble_size >= 1, f"--ensemble-size must be >= 1 (got {rm.ensemble_size})"),
+            (0.0 <= rm.dropout < 1.0, f"--dropout must be in [0, 1) (got {rm.dropout})"),
+            (0.0 <= rm.random_answer_prob < 1.0,
+             f"--random-answer-prob must be in [0, 1) (got {rm.random_answer_prob})"),
+            (0.0 < rm.val_fraction < 1.0, f"--val-fraction must be in (0, 1) (got {rm.val_fraction})"),
+            (rm.l2 >= 0, f"--l2 must be >= 0 (got {rm.l2})"),
+            (rm.lr > 0, f"--lr must be > 0 (got {rm.lr})"),
+            (rm.batch_size >= 1, f"--batch-size must be >= 1 (got {rm.batch_size})"),
+            (rm.epochs >= 1 and rm.pretrain_epochs >= 1, "--epochs and --pretrain-epochs must be >= 1"),
+            (rm.output_std > 0, f"--output-std must be > 0 (got {rm.output_std})"),
+            (rm.label_buffer is None or rm.label_buffer >= 2, "--label-buffer must be >= 2 or None"),
+            (e.n_envs >= 1, f"--n-envs must be >= 1 (got {e.n_envs})"),
+            (e.n_envs <= 256, f"--n-envs {e.n_envs} is absurd on this machine; use at most 256"),
+            (e.max_episode_steps is None or e.max_episode_steps >= 1, "--max-episode-steps must be >= 1"),
+            (self.total_timesteps >= 1, f"--total-timesteps must be >= 1 (got {self.total_timesteps})"),
+            (self.total_timesteps <= 10**10, f"--total-timesteps {self.total_timesteps} is absurd; use at most 1e10"),
+            (self.ppo.n_steps >= 2, f"--n-steps must be >= 2 (got {self.ppo.n_steps})"),
+            (self.ppo.batch_size >= 2, f"--ppo.batch-size must be >= 2 (got {self.ppo.batch_size})"),
+            (0 < self.ppo.gamma <= 1, f"--gamma must be in (0, 1] (got {self.ppo.gamma})"),
+            (self.ppo.learning_rate > 0, f"--learning-rate must be > 0 (got {self.ppo.learning_rate})"),
+            (self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {self.checkpoint_every})"),
+            (self.eval_episodes >= 0, f"--eval-episodes must be >= 0 (got {self.eval_episodes})"),
+            (self.torch_threads >= 1, f"--torch-threads must be >= 1 (got {self.torch_threads})"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        for name, value in _numbers(self):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number (got {value})")
+        return self
+
+    # --- config.json -------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(_to_plain(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config.json") -> "TrainConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                              "restore it or start a new run") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} must hold a JSON object; restore it or start a new run")
+        return _from_plain(cls, data, source)
+
+
+def _numbers(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out += _numbers(v, f"{prefix}{f.name}.")
+        else:
+            out.append((f"--{f.name.replace('_', '-')}", v))
+    return out
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+def _from_plain(cls: type, data: dict, source: str) -> Any:
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(hints)
+    if unknown:
+        raise ConfigError(f"{source} has unknown setting(s) {sorted(unknown)}; remove them or upgrade prefrl")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: `{name}` must be an object; restore the file")
+            kwargs[name] = _from_plain(type(default), value, source)
+        elif isinstance(default, Path) or name == "run_dir":
+            kwargs[name] = None if value is None else Path(value)
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
