@@ -45,7 +45,7 @@ class PPOConfig:
 
     n_steps: int = 1024
     """Steps per env per rollout; the reward loop runs once per rollout."""
-    batch_size: int = 64
+    minibatch_size: int = 64
     """Minibatch size of PPO updates."""
     n_epochs: int = 10
     """PPO epochs over each rollout."""
@@ -227,19 +227,19 @@ class TrainConfig:
             (self.total_timesteps >= 1, f"--total-timesteps must be >= 1 (got {self.total_timesteps})"),
             (self.total_timesteps <= 10**10, f"--total-timesteps {self.total_timesteps} is absurd; use at most 1e10"),
             (self.ppo.n_steps >= 2, f"--n-steps must be >= 2 (got {self.ppo.n_steps})"),
-            (self.ppo.batch_size >= 2, f"--ppo.batch-size must be >= 2 (got {self.ppo.batch_size})"),
+            (self.ppo.minibatch_size >= 2, f"--minibatch-size must be >= 2 (got {self.ppo.minibatch_size})"),
             (0 < self.ppo.gamma <= 1, f"--gamma must be in (0, 1] (got {self.ppo.gamma})"),
             (self.ppo.learning_rate > 0, f"--learning-rate must be > 0 (got {self.ppo.learning_rate})"),
             (self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {self.checkpoint_every})"),
             (self.eval_episodes >= 0, f"--eval-episodes must be >= 0 (got {self.eval_episodes})"),
             (self.torch_threads >= 1, f"--torch-threads must be >= 1 (got {self.torch_threads})"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
         for name, value in _numbers(self):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number (got {value})")
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
         return self
 
     # --- config.json -------------------------------------------------------------

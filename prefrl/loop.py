@@ -1,0 +1,453 @@
+"""`train(cfg)`: one run, as the named phases of ../shared/DESIGN.md.
+
+    set up run folder -> initial labels from the initial policy -> pretrain reward
+    -> PPO.learn() once; at each rollout end: harvest clips -> choose pairs -> label
+       -> refit -> (the ensemble is updated in place, so LearnedReward uses it at once)
+    -> final checkpoint, evaluation on the true reward, learning-curve PNG.
+
+Checkpoints are taken at rollout start (after PPO's update, so the policy and the
+step count agree) into a fresh folder that is renamed into place, then pointed to by
+`checkpoints/latest`: a kill at any moment leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from prefrl.clips import Clip, ClipRecorder, load_clip_arrays, save_clip
+from prefrl.config import ConfigError, TrainConfig
+from prefrl.envs import EnvError, episode_limit, make_vec_env
+from prefrl.evaluate import evaluate
+from prefrl.labels.oracle import make_teacher
+from prefrl.labels.store import Answer, LabelStore
+from prefrl.reward.model import RewardEnsemble
+from prefrl.reward.train import FitStats, PreferenceData, RewardTrainer
+from prefrl.reward.wrapper import LearnedReward
+from prefrl.sampling import make_sampler
+from prefrl.schedule import LabelSchedule
+
+PROGRESS_COLUMNS = [
+    "env_steps", "true_episode_return", "learned_episode_return", "labels", "reward_model_version",
+    "rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2", "wall_seconds",
+]
+NO_FIT = FitStats(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue; the message says how to fix it."""
+
+
+class RunResult(NamedTuple):
+    run_dir: Path
+    true_return: float  # mean over the evaluation episodes
+    true_return_std: float
+    labels: int
+    val_acc: float
+    steps: int
+    wall_seconds: float
+    peak_rss_mb: float
+
+
+def run_name(cfg: TrainConfig) -> str:
+    return f"{cfg.env.env.replace('/', '_')}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Owns one run folder and every object of the loop."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resuming: bool):
+        self.cfg, self.run_dir = cfg, run_dir
+        torch.set_num_threads(cfg.torch_threads)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.learned = cfg.reward_source == "learned"
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.ckpt_dir.mkdir(exist_ok=True)
+        self.wall_before = 0.0
+        self.t0 = time.monotonic()
+        self.fit = NO_FIT
+        self.rollouts = 0
+        self.pending_rows: list[dict] = []
+        self._clip_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        venv: VecEnv = make_vec_env(cfg.env, cfg.seed, render=cfg.feedback.render_clips and self.learned)
+        self.recorder: Optional[ClipRecorder] = None
+        self.ensemble: Optional[RewardEnsemble] = None
+        if self.learned:
+            self.store = LabelStore(run_dir / "labels.sqlite")
+            self.recorder = ClipRecorder(venv, cfg.feedback.clip_length, cfg.feedback.clip_pool,
+                                         record_frames=cfg.feedback.render_clips)
+            self.ensemble = RewardEnsemble(venv.observation_space, venv.action_space, cfg.reward, seed=cfg.seed)
+            self.reward_trainer = RewardTrainer(self.ensemble, cfg.reward, seed=cfg.seed)
+            self.teacher = make_teacher(cfg.feedback, seed=cfg.seed)
+            self.sampler = make_sampler(cfg.feedback.sampler, self.ensemble.clip_returns,
+                                        cfg.feedback.candidate_factor, ready=self._disagreement_ready)
+            self.schedule = LabelSchedule.from_config(cfg)
+            venv = LearnedReward(self.recorder, self.ensemble)
+        self.venv = VecNormalize(venv, norm_obs=cfg.env.normalize_obs, norm_reward=cfg.env.normalize_reward,
+                                 gamma=cfg.ppo.gamma)
+        self.model = self._make_ppo()
+        self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
+        if resuming:
+            self._restore()
+
+    # --- set-up -------------------------------------------------------------------
+
+    def _make_ppo(self) -> PPO:
+        p = self.cfg.ppo
+        box = not hasattr(self.venv.action_space, "n")
+        return PPO("MlpPolicy", self.venv, n_steps=p.n_steps, batch_size=p.minibatch_size, n_epochs=p.n_epochs,
+                   learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+                   ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+                   use_sde=p.use_sde and box, sde_sample_freq=p.sde_sample_freq,
+                   policy_kwargs=dict(net_arch=list(p.net_arch)), seed=self.cfg.seed, device=self.cfg.device,
+                   verbose=0)
+
+    def _disagreement_ready(self) -> bool:
+        return self.ensemble is not None and self.ensemble.fitted and self.cfg.reward.ensemble_size > 1
+
+    # --- phases -------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        state = self._read_state()
+        if state.get("finished"):
+            print(f"run {self.run_dir} already finished; nothing to do", file=sys.stderr)
+        else:
+            if self.learned:
+                self.initial_labels()
+            remaining = self.cfg.total_timesteps - self.model.num_timesteps
+            if remaining > 0:
+                self.model.learn(remaining, callback=_LoopCallback(self), progress_bar=self.cfg.progress_bar,
+                                 reset_num_timesteps=self.model.num_timesteps == 0)
+            self._flush_rows()
+            self.checkpoint(finished=True)
+        return self.finish()
+
+    def initial_labels(self) -> None:
+        """Labels from the initial policy, then the (longer) first fit of the reward model."""
+        due = self.schedule.due(0, self.store.count_pairs()) if self.model.num_timesteps == 0 else 0
+        if due > 0:
+            self._rollout_initial_policy(clips_wanted=max(2, min(self.cfg.feedback.clip_pool, due)))
+            self.gather(due, candidates=list(self.recorder.pool))
+        if not self.ensemble.fitted and self.store.count_labels(trainable_only=True) > 0:
+            self.refit(self.cfg.reward.pretrain_epochs)
+
+    def _rollout_initial_policy(self, clips_wanted: int) -> None:
+        """Step the untrained policy (PPO's own initial weights) until enough clips exist."""
+        self.venv.training = False  # keep these steps out of PPO's normalisation statistics
+        obs = self.venv.reset()
+        min_steps = self.cfg.rollout_steps
+        steps = 0
+        while steps < min_steps or len(self.recorder.pool) < clips_wanted:
+            actions, _ = self.model.predict(obs, deterministic=False)
+            obs, _, _, _ = self.venv.step(actions)
+            steps += self.venv.num_envs
+        self.recorder.take_new()
+        self.venv.training = True
+        self.initial_policy_steps = steps
+
+    def gather(self, n: int, candidates: list[Clip]) -> int:
+        """Choose n pairs among candidates, store them, and have the teacher answer them."""
+        if n <= 0 or len(candidates) < 2:
+            return 0
+        choices = self.sampler.select(candidates, n, self.rng)
+        version = self.ensemble.version
+        for c in {i for ch in choices for i in (ch.left, ch.right)}:
+            clip = candidates[c]
+            npz, video = save_clip(clip, self.run_dir)
+            self.store.add_clip(clip.id, clip.env_step, clip.true_return, len(clip), npz, video)
+        rules: dict[str, list] = {}
+        for ch in choices:
+            rules.setdefault(ch.rule, []).append(ch)
+        for rule, chs in rules.items():
+            pair_ids = self.store.add_pairs([(candidates[c.left].id, candidates[c.right].id) for c in chs], rule,
+                                            version, [c.disagreement for c in chs] if rule != "random" else None)
+            answers = self.teacher.answer(np.stack([candidates[c.left].rews for c in chs]),
+                                          np.stack([candidates[c.right].rews for c in chs]))
+            for pid, ans in zip(pair_ids, answers):
+                self.store.add_label(pid, ans, labeler=self.teacher.name, seconds=0.0, model_version=version)
+        return len(choices)
+
+    def refit(self, epochs: int) -> FitStats:
+        data = self._preference_data()
+        if data is not None:
+            self.fit = self.reward_trainer.fit(data, epochs)
+        return self.fit
+
+    def _preference_data(self) -> Optional[PreferenceData]:
+        records = self.store.labels(trainable_only=True, last=self.cfg.reward.label_buffer)
+        if not records:
+            return None
+        left = [self._clip_arrays(r.left_clip) for r in records]
+        right = [self._clip_arrays(r.right_clip) for r in records]
+        target = np.array([Answer(r.answer).target for r in records], dtype=np.float32)
+        return PreferenceData(np.array([r.id for r in records]), np.stack([o for o, _ in left]),
+                              np.stack([a for _, a in left]), np.stack([o for o, _ in right]),
+                              np.stack([a for _, a in right]), target)
+
+    def _clip_arrays(self, clip_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if clip_id not in self._clip_cache:
+            obs, acts, _ = load_clip_arrays(self.run_dir / self.store.clip(clip_id).npz)
+            self._clip_cache[clip_id] = (obs, acts)
+        return self._clip_cache[clip_id]
+
+    def on_rollout_end(self, true_returns: list[float], learned_returns: list[float]) -> None:
+        self.rollouts += 1
+        step = self.model.num_timesteps
+        if self.learned:
+            new = self.recorder.take_new()
+            pool = list(self.recorder.pool)
+            candidates = pool[-new:] if new >= 2 else pool
+            if self.gather(self.schedule.due(step, self.store.count_pairs()), candidates):
+                self.refit(self.cfg.reward.epochs)
+        labels = self.store.count_labels() if self.learned else 0
+        row = dict(env_steps=step, true_episode_return=_mean(true_returns),
+                   learned_episode_return=_mean(learned_returns), labels=labels,
+                   reward_model_version=self.ensemble.version if self.learned else 0,
+                   rm_train_acc=self.fit.train_acc, rm_val_acc=self.fit.val_acc, rm_train_loss=self.fit.train_loss,
+                   rm_val_loss=self.fit.val_loss, l2=self.fit.l2, wall_seconds=round(self.wall_seconds, 2))
+        self.pending_rows.append(row)
+        log = self.model.logger
+        log.record("charts/true_episode_return", row["true_episode_return"])
+        log.record("charts/learned_episode_return", row["learned_episode_return"])
+        log.record("reward/labels", labels)
+        for k in ("rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2"):
+            log.record(f"reward/{k[3:] if k.startswith('rm_') else k}", row[k])
+
+    # --- checkpoints and resume ---------------------------------------------------
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.monotonic() - self.t0
+
+    def checkpoint(self, finished: bool = False) -> Path:
+        """Write a complete checkpoint folder, then point `latest` at it; older ones are pruned."""
+        self._flush_rows()
+        step = self.model.num_timesteps
+        final = self.ckpt_dir / f"step_{step:010d}"
+        tmp = self.ckpt_dir / f".tmp_{step:010d}_{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.model.save(tmp / "ppo.zip")
+        np.savez(tmp / "vecnormalize.npz", **_rms_arrays(self.venv))
+        if self.learned:
+            torch.save(self.ensemble.state_dict(), tmp / "ensemble.pt")
+            torch.save(self.reward_trainer.state_dict(), tmp / "reward_trainer.pt")
+        state = dict(env_steps=step, rollouts=self.rollouts, wall_seconds=self.wall_seconds, finished=finished,
+                     labels=self.store.count_labels() if self.learned else 0,
+                     rng=self.rng.bit_generator.state, fit=self.fit._asdict())
+        (tmp / "state.json").write_text(json.dumps(state, default=float))
+        if final.exists():  # same step checkpointed twice (e.g. the final one): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _atomic_write(self.ckpt_dir / "latest", final.name)
+        for old in sorted(self.ckpt_dir.glob("step_*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _latest(self) -> Optional[Path]:
+        pointer = self.ckpt_dir / "latest"
+        if not pointer.exists():
+            return None
+        path = self.ckpt_dir / pointer.read_text().strip()
+        if not (path / "state.json").exists():
+            raise RunError(f"checkpoint {path} is incomplete; delete {pointer} to restart the run from its labels")
+        return path
+
+    def _read_state(self) -> dict:
+        latest = self._latest()
+        return json.loads((latest / "state.json").read_text()) if latest else {}
+
+    def _restore(self) -> None:
+        latest = self._latest()
+        if latest is None:  # killed before the first checkpoint: start PPO again, keep every label
+            self._truncate_progress(0)
+            return
+        state = json.loads((latest / "state.json").read_text())
+        self.model = PPO.load(latest / "ppo.zip", env=self.venv, device=self.cfg.device)
+        self.model.set_logger(configure(str(self.run_dir / "tb"), ["tensorboard"]))
+        with np.load(latest / "vecnormalize.npz") as rms:
+            _set_rms(self.venv, rms)
+        if self.learned:
+            self.ensemble.load_state_dict(torch.load(latest / "ensemble.pt", weights_only=True))
+            self.reward_trainer.load_state_dict(torch.load(latest / "reward_trainer.pt", weights_only=True))
+            self.fit = FitStats(**state["fit"])
+        self.rng.bit_generator.state = state["rng"]
+        self.rollouts = state["rollouts"]
+        self.wall_before = state["wall_seconds"]
+        self._truncate_progress(state["env_steps"])
+
+    # --- progress.csv -------------------------------------------------------------
+
+    @property
+    def progress_path(self) -> Path:
+        return self.run_dir / "progress.csv"
+
+    def _flush_rows(self) -> None:
+        if not self.pending_rows:
+            return
+        new = not self.progress_path.exists()
+        with open(self.progress_path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, PROGRESS_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerows(self.pending_rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.pending_rows.clear()
+
+    def _truncate_progress(self, env_steps: int) -> None:
+        """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+        if not self.progress_path.exists():
+            return
+        with open(self.progress_path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["env_steps"]) <= env_steps]
+        tmp = self.progress_path.with_name(".progress.csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, PROGRESS_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.progress_path)
+
+    # --- the end ------------------------------------------------------------------
+
+    def finish(self) -> RunResult:
+        from prefrl.plots import learning_curve
+
+        returns = evaluate(self.policy(), self.cfg.env, self.cfg.eval_episodes) if self.cfg.eval_episodes else \
+            np.array([math.nan])
+        labels = self.store.count_labels() if self.learned else 0
+        result = RunResult(self.run_dir, float(returns.mean()), float(returns.std()), labels, self.fit.val_acc,
+                           self.model.num_timesteps, self.wall_seconds, peak_rss_mb())
+        summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result._asdict().items()}
+        summary["eval_returns"] = returns.tolist()
+        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+        if self.progress_path.exists():
+            learning_curve(self.progress_path, self.run_dir / "learning_curve.png", title=self.run_dir.name)
+        self.close()
+        return result
+
+    def policy(self):
+        """Deterministic policy on raw observations (normalised with PPO's frozen statistics)."""
+        def act(obs: np.ndarray) -> np.ndarray:
+            return self.model.predict(self.venv.normalize_obs(obs), deterministic=True)[0]
+        return act
+
+    def close(self) -> None:
+        self.venv.close()
+        if self.learned:
+            self.store.close()
+
+
+class _LoopCallback(BaseCallback):
+    """Drives the reward loop from inside the one PPO.learn() call."""
+
+    def __init__(self, trainer: Trainer):
+        super().__init__()
+        self.trainer = trainer
+        self.true_returns: list[float] = []
+        self.learned_returns: list[float] = []
+        self.started = False
+
+    def _on_rollout_start(self) -> None:
+        # Here PPO has just updated on the previous rollout: policy and step count agree.
+        t = self.trainer
+        if self.started and t.rollouts % t.cfg.checkpoint_every == 0:
+            t.checkpoint()
+        self.started = True
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            if "episode" in info:
+                self.true_returns.append(info["episode"]["r"])
+            if "learned_episode_return" in info:
+                self.learned_returns.append(info["learned_episode_return"])
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.trainer.on_rollout_end(self.true_returns, self.learned_returns)
+        self.true_returns, self.learned_returns = [], []
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else math.nan
+
+
+def _rms_arrays(venv: VecNormalize) -> dict[str, np.ndarray]:
+    return dict(obs_mean=venv.obs_rms.mean, obs_var=venv.obs_rms.var, obs_count=venv.obs_rms.count,
+                ret_mean=venv.ret_rms.mean, ret_var=venv.ret_rms.var, ret_count=venv.ret_rms.count)
+
+
+def _set_rms(venv: VecNormalize, d) -> None:
+    venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = d["obs_mean"], d["obs_var"], float(d["obs_count"])
+    venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["ret_mean"], d["ret_var"], float(d["ret_count"])
+
+
+# --- entry points -------------------------------------------------------------------
+
+
+def check_run_config(cfg: TrainConfig) -> None:
+    """Checks that need the env: raise ConfigError/EnvError with a one-line fix."""
+    cfg.validate()
+    limit = episode_limit(cfg.env)
+    if cfg.reward_source == "learned" and limit is not None and cfg.feedback.clip_length > limit:
+        raise ConfigError(f"--clip-length {cfg.feedback.clip_length} is longer than an episode of {cfg.env.env} "
+                          f"({limit} steps); use --clip-length <= {limit}")
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    """Start a new run; its folder must not exist."""
+    check_run_config(cfg)
+    run_dir = cfg.run_dir or cfg.results_dir / run_name(cfg)
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()
+    except FileExistsError:
+        raise RunError(f"run folder {run_dir} exists; continue it with --resume {run_dir} "
+                       "or pick another --run-dir") from None
+    except PermissionError:
+        raise RunError(f"cannot create {run_dir} (permission denied); pick a writable --results-dir") from None
+    cfg = replace(cfg, run_dir=run_dir)
+    _atomic_write(run_dir / "config.json", cfg.to_json())
+    return Trainer(cfg, run_dir, resuming=False).run()
+
+
+def resume(run_dir: Path, progress_bar: Optional[bool] = None) -> RunResult:
+    """Continue a stopped run from its latest checkpoint, with its own config.json."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise RunError(f"{run_dir} is not a run folder (no config.json); pass a folder made by prefrl train")
+    cfg = TrainConfig.from_json(path.read_text(), source=str(path))
+    if progress_bar is not None:
+        cfg = replace(cfg, progress_bar=progress_bar)
+    check_run_config(cfg)
+    return Trainer(cfg, run_dir, resuming=True).run()
+
+
+__all__ = ["train", "resume", "RunResult", "RunError", "Trainer", "EnvError", "ConfigError"]

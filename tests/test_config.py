@@ -1,0 +1,36 @@
+import math
+from dataclasses import replace
+
+import pytest
+
+from prefrl.config import ConfigError, FeedbackConfig, RewardConfig, TrainConfig
+
+
+def test_json_round_trip():
+    cfg = TrainConfig(seed=3, feedback=FeedbackConfig(total_labels=77, teacher="myopic"),
+                      reward=RewardConfig(hidden=(32,)))
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(feedback=FeedbackConfig(total_labels=0)), "--total-labels must be > 0"),
+    (dict(feedback=FeedbackConfig(total_labels=-5)), "--total-labels must be > 0"),
+    (dict(feedback=FeedbackConfig(clip_length=0)), "--clip-length"),
+    (dict(reward=RewardConfig(val_fraction=1.5)), "--val-fraction"),
+    (dict(reward=RewardConfig(l2=math.nan)), "finite"),
+    (dict(total_timesteps=10**12), "absurd"),
+])
+def test_bad_values_are_refused_with_the_flag_named(change, match):
+    with pytest.raises(ConfigError, match=match):
+        replace(TrainConfig(), **change).validate()
+
+
+def test_corrupt_json_is_one_clear_line():
+    with pytest.raises(ConfigError, match="not valid JSON") as e:
+        TrainConfig.from_json("{not json", source="x/config.json")
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_setting_refused():
+    with pytest.raises(ConfigError, match="unknown setting"):
+        TrainConfig.from_json('{"bogus": 1}')
