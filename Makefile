@@ -19,8 +19,10 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/prefrl train
 
+# pytest's exit code 5 (no test collected) is a failure, not a pass.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q --timeout 600; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(PY) benchmarks/pendulum.py

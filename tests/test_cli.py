@@ -1,0 +1,122 @@
+"""The CLI end to end, in subprocesses, with tiny budgets."""
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["--total-timesteps", "2048", "--n-steps", "256", "--n-envs", "2", "--total-labels", "24",
+        "--clip-length", "20", "--eval-episodes", "2", "--epochs", "5", "--pretrain-epochs", "10",
+        "--no-progress-bar"]
+
+
+def prefrl(*args, cwd=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "prefrl", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def progress_steps(run: Path) -> list[int]:
+    with open(run / "progress.csv") as fh:
+        return [int(r["env_steps"]) for r in csv.DictReader(fh)]
+
+
+def test_tiny_run_writes_a_complete_run_folder(tmp_path):
+    run = tmp_path / "run"
+    r = prefrl("train", "--env", "Pendulum-v1", "--run-dir", str(run), *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "final true return" in r.stdout and "labels used:       24" in r.stdout
+    for name in ("config.json", "labels.sqlite", "progress.csv", "learning_curve.png", "summary.json"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "config.json").read_text())["feedback"]["total_labels"] == 24
+    assert list((run / "clips").glob("*.npz")) and list((run / "tb").iterdir())
+    latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text()
+    assert {"ppo.zip", "ensemble.pt", "reward_trainer.pt", "state.json"} <= {p.name for p in latest.iterdir()}
+    steps = progress_steps(run)
+    assert steps == sorted(set(steps)) and steps[-1] == 2048
+    with sqlite3.connect(run / "labels.sqlite") as db:
+        rows = db.execute("SELECT p.left_clip, p.right_clip, p.rule, l.answer, l.labeler, l.model_version "
+                          "FROM labels l JOIN pairs p ON p.id = l.pair_id").fetchall()
+    assert len(rows) == 24
+    assert {r[4] for r in rows} == {"oracle"} and {r[2] for r in rows} <= {"random", "disagreement"}
+    assert any(r[5] > 0 for r in rows)  # later labels were chosen with a fitted reward model
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "MountainCarContinuous-v0"])
+def test_other_classic_control_envs(tmp_path, env_id):
+    r = prefrl("train", "--env", env_id, "--run-dir", str(tmp_path / "r"), *TINY)
+    assert r.returncode == 0, r.stderr
+
+
+def test_true_reward_baseline(tmp_path):
+    r = prefrl("train", "--reward-source", "true", "--run-dir", str(tmp_path / "r"), *TINY)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "r" / "labels.sqlite").exists()
+
+
+def test_resume_after_kill_loses_nothing(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--run-dir", str(run), *TINY, "--total-timesteps", "6144", "--checkpoint-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "prefrl", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "latest").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(run / "labels.sqlite") as db:
+        before = db.execute("SELECT id, pair_id, answer FROM labels ORDER BY id").fetchall()
+    assert before
+    r = prefrl("train", "--resume", str(run), "--no-progress-bar")
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(run / "labels.sqlite") as db:
+        after = db.execute("SELECT id, pair_id, answer FROM labels ORDER BY id").fetchall()
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert after[: len(before)] == before and len(after) == 24
+    steps = progress_steps(run)
+    assert steps == sorted(set(steps)) and steps[-1] == 6144
+    assert steps == list(range(512, 6145, 512))
+    again = prefrl("train", "--resume", str(run), "--no-progress-bar")
+    assert again.returncode == 0 and "already finished" in again.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--env", "CartPol-v1"], "unknown env id 'CartPol-v1'; did you mean CartPole-v1"),
+    (["--env", "FrozenLake-v1"], "Discrete observation space"),
+    (["--total-labels", "0"], "--total-labels must be > 0"),
+    (["--total-labels", "-3"], "--total-labels must be > 0"),
+    (["--clip-length", "500"], "longer than an episode"),
+    (["--n-envs", "0"], "--n-envs must be >= 1"),
+])
+def test_bad_input_one_line_error_and_nothing_written(tmp_path, args, message):
+    run = tmp_path / "run"
+    r = prefrl("train", "--run-dir", str(run), *TINY, *args)
+    assert r.returncode != 0
+    err = r.stderr.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_existing_run_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    r = prefrl("train", "--run-dir", str(run), *TINY)
+    assert r.returncode != 0 and "exists; continue it with --resume" in r.stderr
+    assert [p.name for p in run.iterdir()] == ["keep.txt"]
+
+
+def test_help_explains_flags():
+    r = prefrl("train", "--help")
+    assert r.returncode == 0
+    for flag in ("--env", "--total-labels", "--schedule", "--sampler", "--teacher", "--ensemble-size",
+                 "--clip-length", "--fixed-horizon", "--torch-threads", "--random-answer-prob"):
+        assert flag in r.stdout
