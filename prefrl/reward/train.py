@@ -1,0 +1,198 @@
+"""Fitting the reward ensemble to preferences: Bradley-Terry loss, bootstrap, adaptive L2.
+
+All members train at once on stacked weights: each minibatch is (M, batch) label ids, one
+bootstrap resample per member, and the summed loss gives every member exactly its own
+gradient. Adam is elementwise, so one optimiser over the stacked weights is M optimisers.
+
+The loss uses each member's raw output, as in the paper; the per-member output
+normalisation is for what the policy and the pair sampler see. Training on normalised
+outputs (scale frozen during a fit, reset after it) lets the L2 penalty and the
+renormalisation chase each other: on refits of the same 200 labels the L2 weight rose
+to ~5, output stds fell to ~3e-4 and validation accuracy fell from 0.86 to 0.68.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from prefrl.config import RewardConfig
+from prefrl.reward.model import RewardEnsemble
+
+L2_STEP = 1.05
+"""Multiplicative change of a member's L2 weight per epoch when its val/train loss ratio leaves [1.1, 1.5]."""
+L2_RANGE = (1e-8, 10.0)
+RATIO_RANGE = (1.1, 1.5)
+"""The paper keeps validation loss between 1.1 and 1.5 times the training loss."""
+
+
+class PreferenceData(NamedTuple):
+    label_ids: np.ndarray  # (N,) int, stable ids from the label store; decide the train/val split
+    obs_left: np.ndarray  # (N, T, *obs_shape)
+    acts_left: np.ndarray  # (N, T, ...)
+    obs_right: np.ndarray  # (N, T, *obs_shape)
+    acts_right: np.ndarray  # (N, T, ...)
+    target: np.ndarray  # (N,) float P(left preferred): 1.0 left, 0.0 right, 0.5 equal
+
+
+class FitStats(NamedTuple):
+    n_labels: int
+    train_loss: float  # mean over members, each on its own bootstrap resample; no penalty, no dropout
+    val_loss: float  # mean over members; nan without a validation set
+    train_acc: float  # ensemble-mean prediction on non-equal train labels (nan when none)
+    val_acc: float
+    l2: float  # mean L2 weight over members after adaptation
+
+
+def _bt_nll(diff: Tensor, target: Tensor, random_prob: float) -> Tensor:
+    """Elementwise -log-likelihood of `target` under P(left) = (1-e) sigmoid(diff) + e/2, computed in
+    log space so a confident wrong member gets a bounded, finite loss rather than inf/nan."""
+    log_l, log_r = F.logsigmoid(diff), F.logsigmoid(-diff)
+    if random_prob > 0:
+        keep, rand = math.log1p(-random_prob), torch.tensor(math.log(random_prob / 2))
+        log_l, log_r = torch.logaddexp(log_l + keep, rand), torch.logaddexp(log_r + keep, rand)
+    return -(target * log_l + (1 - target) * log_r)
+
+
+def preference_loss(ret_left: Tensor, ret_right: Tensor, target: Tensor, random_prob: float) -> Tensor:
+    """Bradley-Terry cross-entropy where the labeler answers uniformly at random with prob random_prob:
+    P(left) = (1 - random_prob) * sigmoid(R_l - R_r) + random_prob / 2.  Mean over the batch. Equal answers (0.5) train toward 0.5."""
+    return _bt_nll(ret_left - ret_right, target, random_prob).mean()
+
+
+def val_mask(label_ids: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """(N,) bool: label in validation iff splitmix64(id, seed) / 2^64 < fraction, so a label keeps its
+    side of the split as the label set grows."""
+    z = np.asarray(label_ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = z * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
+
+
+class RewardTrainer:
+    """Fits a RewardEnsemble to preference labels, warm-starting from its current weights."""
+
+    def __init__(self, ensemble: RewardEnsemble, cfg: RewardConfig, seed: int = 0):
+        self.ensemble = ensemble
+        self.cfg = cfg
+        self.seed = seed
+        self.optimizer = torch.optim.Adam(ensemble.parameters(), lr=cfg.lr)
+        self.l2 = torch.full((ensemble.n_members,), float(cfg.l2))
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)  # dropout masks
+
+    def fit(self, data: PreferenceData, epochs: int) -> FitStats:
+        """Train every member `epochs` epochs on its own bootstrap of the train labels, then renormalise
+        the members' outputs over the data and bump ensemble.version."""
+        ens, cfg = self.ensemble, self.cfg
+        n = len(data.target)
+        if n == 0:
+            raise ValueError("fit needs at least one label")
+        if not ens.fitted:
+            ens.set_input_stats(np.concatenate([data.obs_left, data.obs_right]),
+                                None if data.acts_left is None else np.concatenate([data.acts_left, data.acts_right]))
+
+        with torch.no_grad():
+            # (N, 2, T, F): both clips of every label, normalised once for the whole fit
+            x = torch.stack([ens.features(data.obs_left, data.acts_left),
+                             ens.features(data.obs_right, data.acts_right)], dim=1)
+        t_len, n_feat = x.shape[2], x.shape[3]
+        target = torch.as_tensor(data.target, dtype=torch.float32)
+
+        is_val = val_mask(data.label_ids, self.seed, cfg.val_fraction)
+        train_ids = np.flatnonzero(~is_val)
+        val_ids = np.flatnonzero(is_val)
+        if len(train_ids) == 0:  # too few labels to hold any out
+            train_ids, val_ids = np.arange(n), val_ids[:0]
+        n_train, m = len(train_ids), ens.n_members
+        boot = torch.from_numpy(train_ids[self.rng.integers(0, n_train, size=(m, n_train))])  # (M, n_train)
+        # (M, N) how often each label appears in each member's resample, to weigh its train loss
+        counts = torch.zeros(m, n).scatter_add_(1, boot, torch.ones(m, n_train))
+        val_t = torch.from_numpy(val_ids)
+        adapt = cfg.adapt_l2 and len(val_ids) > 0
+
+        ens.train()
+        bs = cfg.batch_size
+        for _ in range(epochs):
+            order = torch.from_numpy(np.argsort(self.rng.random((m, n_train)), axis=1))
+            epoch_ids = boot.gather(1, order)
+            train_sum = torch.zeros(m)
+            for start in range(0, n_train, bs):
+                ids = epoch_ids[:, start:start + bs]  # (M, b)
+                b = ids.shape[1]
+                r = ens.raw_rewards(x[ids].reshape(m, b * 2 * t_len, n_feat), self.gen)
+                ret = r.reshape(m, b, 2, t_len).sum(-1)
+                nll = _bt_nll(ret[..., 0] - ret[..., 1], target[ids], cfg.random_answer_prob).mean(1)  # (M,)
+                sq = sum(w.pow(2).sum((1, 2)) for w in ens.weights)  # (M,)
+                loss = (nll + self.l2 * sq).sum()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                train_sum += nll.detach() * b
+            if adapt:
+                # train loss: the epoch's running minibatch loss on each member's own resample (free;
+                # a full eval pass would double the fit time); val loss: an eval pass on val labels
+                val_loss = self._nll(x[val_t], target[val_t])[0].mean(1)
+                ratio = val_loss / (train_sum / n_train).clamp_min(1e-12)
+                step = torch.where(ratio > RATIO_RANGE[1], L2_STEP, torch.where(ratio < RATIO_RANGE[0], 1 / L2_STEP, 1.0))
+                self.l2 = (self.l2 * step).clamp(*L2_RANGE)
+
+        ens.set_output_stats(x.reshape(-1, n_feat))
+        ens.version += 1
+        nll, diff = self._nll(x, target)
+        train_loss = (nll * counts).sum(1) / n_train
+        nan = float("nan")
+        has_val = len(val_ids) > 0
+        return FitStats(
+            n_labels=n,
+            train_loss=float(train_loss.mean()),
+            val_loss=float(nll[:, val_t].mean()) if has_val else nan,
+            train_acc=_accuracy(diff[train_ids], target[train_ids]),
+            val_acc=_accuracy(diff[val_ids], target[val_ids]) if has_val else nan,
+            l2=float(self.l2.mean()),
+        )
+
+    @torch.no_grad()
+    def _nll(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """x (n, 2, T, F), target (n,) -> per-member loss without penalty (M, n) in eval mode (no dropout),
+        and the return difference left - right of the normalised ensemble mean (n,), which decides accuracy."""
+        ens = self.ensemble
+        n, _, t_len, n_feat = x.shape
+        was_training = ens.training
+        ens.eval()
+        ret = ens.raw_rewards(x.reshape(-1, n_feat)).reshape(-1, n, 2, t_len).sum(-1)
+        ens.train(was_training)
+        diff = ret[..., 0] - ret[..., 1]  # (M, n)
+        nll = _bt_nll(diff, target, self.cfg.random_answer_prob)
+        return nll, (diff / ens.out_std).mean(0)
+
+    def state_dict(self) -> dict:
+        """Optimiser state, per-member L2 weights and both rngs; safe for torch.load(weights_only=True)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "l2": self.l2.clone(),
+            "np_rng": self.rng.bit_generator.state,
+            "torch_rng": self.gen.get_state(),
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.l2 = d["l2"].clone().to(torch.float32)
+        self.rng.bit_generator.state = d["np_rng"]
+        self.gen.set_state(d["torch_rng"])
+
+
+def _accuracy(diff: Tensor, target: Tensor) -> float:
+    """Share of non-equal labels where the sign of diff (N,) picks the preferred clip; nan if none."""
+    decided = target != 0.5
+    if not bool(decided.any()):
+        return float("nan")
+    return float(((diff[decided] > 0) == (target[decided] > 0.5)).float().mean())

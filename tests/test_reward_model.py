@@ -1,0 +1,241 @@
+"""Reward ensemble and its trainer: loss, learning a known reward, normalisation, L2, checkpoints."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from prefrl.config import RewardConfig
+from prefrl.reward.model import RewardEnsemble
+from prefrl.reward.train import PreferenceData, RewardTrainer, preference_loss, val_mask
+
+OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+BOX = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+DISCRETE = gym.spaces.Discrete(3)
+
+
+def true_reward(obs: np.ndarray, acts: np.ndarray, discrete: bool) -> np.ndarray:
+    """(..., 3), (...[, 1]) -> (...)."""
+    if discrete:
+        return -(obs**2).sum(-1) - 1.0 * (acts == 0)
+    return -(obs**2).sum(-1) - 0.1 * (acts**2).sum(-1)
+
+
+def random_steps(rng: np.random.Generator, lead: tuple[int, ...], discrete: bool) -> tuple[np.ndarray, np.ndarray]:
+    obs = rng.normal(size=(*lead, 3)).astype(np.float32)
+    acts = rng.integers(0, 3, size=lead) if discrete else rng.normal(size=(*lead, 1)).astype(np.float32)
+    return obs, acts
+
+
+def oracle_data(n: int, t: int = 10, discrete: bool = False, seed: int = 0, target: str = "oracle") -> PreferenceData:
+    """n labelled pairs of t-step random clips; target: perfect `oracle`, `noise` (random 0/1) or `equal`."""
+    rng = np.random.default_rng(seed)
+    ol, al = random_steps(rng, (n, t), discrete)
+    orr, ar = random_steps(rng, (n, t), discrete)
+    if target == "oracle":
+        y = (true_reward(ol, al, discrete).sum(1) > true_reward(orr, ar, discrete).sum(1)).astype(np.float32)
+    elif target == "noise":
+        y = rng.integers(0, 2, size=n).astype(np.float32)
+    else:
+        y = np.full(n, 0.5, dtype=np.float32)
+    return PreferenceData(np.arange(n), ol, al, orr, ar, y)
+
+
+def make(cfg: RewardConfig = RewardConfig(), act_space: gym.Space = BOX, seed: int = 0) -> tuple[RewardEnsemble, RewardTrainer]:
+    ens = RewardEnsemble(OBS, act_space, cfg, seed=seed)
+    return ens, RewardTrainer(ens, cfg, seed=seed)
+
+
+def roundtrip(obj: dict) -> dict:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+# --- preference_loss -----------------------------------------------------------------
+
+
+def test_loss_matches_hand_computation() -> None:
+    d, eps = 0.7, 0.1
+    p = (1 - eps) / (1 + math.exp(-d)) + eps / 2
+    rl, rr = torch.tensor([1.2, 1.2]), torch.tensor([0.5, 0.5])
+    got = preference_loss(rl, rr, torch.tensor([1.0, 0.0]), eps)
+    assert got.item() == pytest.approx((-math.log(p) - math.log(1 - p)) / 2, rel=1e-5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(rl - rr, torch.tensor([1.0, 0.0]))
+    assert preference_loss(rl, rr, torch.tensor([1.0, 0.0]), 0.0).item() == pytest.approx(bce.item(), rel=1e-5)
+
+
+def test_loss_is_bounded_by_the_random_answer_term() -> None:
+    huge = torch.tensor([1e4], requires_grad=True)
+    wrong = preference_loss(torch.zeros(1), huge, torch.ones(1), 0.1)
+    right = preference_loss(huge, torch.zeros(1), torch.ones(1), 0.1)
+    assert wrong.item() == pytest.approx(-math.log(0.05), rel=1e-5)
+    assert right.item() == pytest.approx(-math.log(0.95), rel=1e-5)
+    wrong.backward()
+    assert torch.isfinite(huge.grad).all()
+
+
+def test_equal_answer_is_minimised_at_equal_returns() -> None:
+    d = torch.linspace(-3, 3, 61)
+    loss = torch.stack([preference_loss(x, torch.zeros(()), torch.tensor(0.5), 0.1) for x in d])
+    assert d[loss.argmin()].item() == pytest.approx(0.0, abs=1e-6)
+    assert loss.min().item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+# --- learning ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("discrete", [False, True], ids=["box", "discrete"])
+def test_ensemble_learns_a_known_reward(discrete: bool) -> None:
+    ens, trainer = make(act_space=DISCRETE if discrete else BOX)
+    assert not ens.fitted
+    stats = trainer.fit(oracle_data(400, discrete=discrete), epochs=60)
+    assert ens.fitted and ens.version == 1 and stats.n_labels == 400
+    assert stats.val_acc > 0.85, stats
+    obs, acts = random_steps(np.random.default_rng(123), (2000,), discrete)
+    mean, std = ens.predict(obs, acts)
+    assert mean.shape == std.shape == (2000,) and mean.dtype == np.float32
+    assert np.corrcoef(mean, true_reward(obs, acts, discrete))[0, 1] > 0.9
+
+
+def test_each_member_is_normalised_over_the_data() -> None:
+    cfg = RewardConfig(output_std=2.0)
+    ens, trainer = make(cfg)
+    data = oracle_data(100)
+    trainer.fit(data, epochs=10)
+    obs = np.concatenate([data.obs_left, data.obs_right]).reshape(-1, 3)
+    acts = np.concatenate([data.acts_left, data.acts_right]).reshape(-1, 1)
+    r = ens.member_rewards(ens.features(obs, acts)).detach()
+    assert r.shape == (cfg.ensemble_size, len(obs))
+    np.testing.assert_allclose(r.mean(1).numpy(), 0.0, atol=1e-4)
+    np.testing.assert_allclose(r.std(1, correction=0).numpy(), 2.0, rtol=1e-4)
+    returns = ens.clip_returns(data.obs_left, data.acts_left)
+    assert returns.shape == (cfg.ensemble_size, 100)
+    np.testing.assert_allclose(returns, r[:, : 100 * 10].reshape(-1, 100, 10).sum(-1).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_adaptive_l2_rises_when_overfitting() -> None:
+    cfg = RewardConfig()
+    ens, trainer = make(cfg)
+    stats = trainer.fit(oracle_data(40, target="noise"), epochs=60)
+    assert stats.val_loss > 1.5 * stats.train_loss
+    assert stats.l2 > cfg.l2
+
+
+def test_adaptive_l2_falls_when_val_matches_train() -> None:
+    cfg = RewardConfig(l2=1e-2)
+    ens, trainer = make(cfg)
+    stats = trainer.fit(oracle_data(200, target="equal"), epochs=20)  # both losses ~log 2
+    assert stats.val_loss == pytest.approx(stats.train_loss, rel=0.1)
+    assert stats.l2 < cfg.l2
+    assert math.isnan(stats.train_acc) and math.isnan(stats.val_acc)  # no decided labels
+
+
+def test_fixed_l2_without_adaptation() -> None:
+    cfg = RewardConfig(adapt_l2=False, l2=3e-3)
+    assert make(cfg)[1].fit(oracle_data(40, target="noise"), epochs=5).l2 == pytest.approx(3e-3)
+
+
+def test_validation_split_is_stable_and_tiny_sets_train_on_everything() -> None:
+    ids = np.arange(5000)
+    mask = val_mask(ids, seed=0, fraction=1 / math.e)
+    assert abs(mask.mean() - 1 / math.e) < 0.03
+    np.testing.assert_array_equal(val_mask(ids[:100], 0, 1 / math.e), mask[:100])  # growing keeps assignments
+    assert (val_mask(ids, 1, 1 / math.e) != mask).any()  # the seed matters
+    only_val = int(ids[mask][0])
+    data = oracle_data(1)._replace(label_ids=np.array([only_val]))
+    stats = make()[1].fit(data, epochs=2)
+    assert math.isnan(stats.val_loss) and math.isnan(stats.val_acc) and not math.isnan(stats.train_loss)
+
+
+# --- bootstrap, determinism, checkpoints ---------------------------------------------
+
+
+def test_bootstrap_makes_identical_members_differ() -> None:
+    ens, trainer = make()
+    with torch.no_grad():
+        for p in ens.parameters():
+            p.copy_(p[:1].expand_as(p))  # every member starts as member 0
+    trainer.fit(oracle_data(100), epochs=5)
+    w = ens.weights[1].detach()
+    assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
+
+
+def test_same_seed_same_result() -> None:
+    data = oracle_data(100)
+    cfg = RewardConfig(dropout=0.2)
+    runs = [make(cfg, seed=s) for s in (0, 0, 1)]
+    stats = [trainer.fit(data, epochs=5) for _, trainer in runs]
+    assert stats[0] == stats[1] and stats[0] != stats[2]
+    a, b, c = (ens.state_dict() for ens, _ in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["weights.0"], c["weights.0"])
+
+
+def test_state_dict_round_trip() -> None:
+    cfg = RewardConfig(dropout=0.1)
+    data = oracle_data(100)
+    ens, trainer = make(cfg)
+    trainer.fit(data, epochs=5)
+    ens2 = RewardEnsemble(OBS, BOX, cfg, seed=7)
+    trainer2 = RewardTrainer(ens2, cfg, seed=0)  # the seed (val split) comes from the config, not the checkpoint
+    ens2.load_state_dict(roundtrip(ens.state_dict()))
+    trainer2.load_state_dict(roundtrip(trainer.state_dict()))
+    assert ens2.version == 1 and ens2.fitted
+    obs, acts = random_steps(np.random.default_rng(5), (50,), False)
+    for x, y in zip(ens.predict(obs, acts), ens2.predict(obs, acts)):
+        np.testing.assert_array_equal(x, y)
+    # the trainer resumes exactly: same bootstrap draws, dropout masks, Adam moments and L2
+    assert trainer.fit(data, epochs=3) == trainer2.fit(data, epochs=3)
+    assert all(torch.equal(v, ens2.state_dict()[k]) for k, v in ens.state_dict().items())
+
+
+# --- inputs and modes ----------------------------------------------------------------
+
+
+def test_use_actions_false_ignores_actions() -> None:
+    cfg = RewardConfig(use_actions=False)
+    ens, trainer = make(cfg)
+    assert ens.n_features == 3
+    trainer.fit(oracle_data(50), epochs=3)
+    obs, acts = random_steps(np.random.default_rng(0), (8,), False)
+    m1, s1 = ens.predict(obs, acts)
+    m2, s2 = ens.predict(obs, acts + 5.0)
+    m3, _ = ens.predict(obs, None)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(m1, m3)
+
+
+def test_discrete_actions_are_one_hot() -> None:
+    ens, _ = make(act_space=DISCRETE)
+    x = ens.features(np.zeros((2, 4, 3), np.float32), np.array([[0, 1, 2, 1]] * 2))
+    assert x.shape == (2, 4, 6)
+    np.testing.assert_array_equal(x[0, :, 3:].numpy(), np.eye(3)[[0, 1, 2, 1]])
+
+
+def test_dropout_is_active_in_training_only() -> None:
+    ens, trainer = make(RewardConfig(dropout=0.5))
+    trainer.fit(oracle_data(50), epochs=2)
+    obs, acts = random_steps(np.random.default_rng(0), (16,), False)
+    x = ens.features(obs, acts)
+    ens.train()
+    assert not torch.equal(ens.raw_rewards(x), ens.raw_rewards(x))
+    first = ens.predict(obs, acts)
+    for a, b in zip(first, ens.predict(obs, acts)):
+        np.testing.assert_array_equal(a, b)
+    ens.eval()
+    np.testing.assert_array_equal(first[0], ens.predict(obs, acts)[0])
+    assert torch.equal(ens.raw_rewards(x), ens.raw_rewards(x))
+
+
+def test_unfitted_ensemble_predicts_without_stats() -> None:
+    ens, _ = make(replace(RewardConfig(), ensemble_size=1))
+    mean, std = ens.predict(*random_steps(np.random.default_rng(0), (4,), False))
+    assert mean.shape == (4,) and np.all(std == 0)
