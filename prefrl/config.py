@@ -95,8 +95,11 @@ class RewardConfig:
     """Adam learning rate of the reward model."""
     batch_size: int = 32
     """Labels per minibatch."""
-    epochs: int = 30
-    """Epochs per refit over the current labels."""
+    epochs: int = 10
+    """Epochs per refit over the current labels (the fit warm-starts from the previous weights)."""
+    refit_growth: float = 0.2
+    """Refit once the labels have grown by this fraction since the last fit (and after the last label);
+    0 refits at every rollout that brought labels. Refits are most of the method's extra wall time."""
     pretrain_epochs: int = 100
     """Epochs of the first fit, on the labels from the initial policy."""
     output_std: float = 1.0
@@ -123,8 +126,9 @@ class FeedbackConfig:
     """c in the paper's label rate c/(T+c), in env steps (None: a fifth of the run)."""
     labels_done_fraction: float = 0.75
     """The online schedule hands out its last label at this fraction of the run."""
-    clip_length: int = 25
-    """Steps per clip; must not exceed an episode."""
+    clip_length: int = 100
+    """Steps per clip; must not exceed an episode (100 is imitation's Pendulum setting; the paper's
+    Atari clips are 25 steps)."""
     sampler: Literal["disagreement", "random"] = "disagreement"
     """Pair choice: random, or the pairs the ensemble members disagree on most."""
     candidate_factor: int = 10
@@ -219,6 +223,7 @@ class TrainConfig:
             (rm.lr > 0, f"--lr must be > 0 (got {rm.lr})"),
             (rm.batch_size >= 1, f"--batch-size must be >= 1 (got {rm.batch_size})"),
             (rm.epochs >= 1 and rm.pretrain_epochs >= 1, "--epochs and --pretrain-epochs must be >= 1"),
+            (rm.refit_growth >= 0, f"--refit-growth must be >= 0 (got {rm.refit_growth})"),
             (rm.output_std > 0, f"--output-std must be > 0 (got {rm.output_std})"),
             (rm.label_buffer is None or rm.label_buffer >= 2, "--label-buffer must be >= 2 or None"),
             (e.n_envs >= 1, f"--n-envs must be >= 1 (got {e.n_envs})"),

@@ -33,7 +33,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from prefrl.clips import Clip, ClipRecorder, load_clip_arrays, save_clip
 from prefrl.config import ConfigError, TrainConfig
-from prefrl.envs import EnvError, episode_limit, make_vec_env
+from prefrl.envs import EnvError, episode_limit, make_env, make_vec_env
 from prefrl.evaluate import evaluate
 from prefrl.labels.oracle import make_teacher
 from prefrl.labels.store import Answer, LabelStore
@@ -92,6 +92,7 @@ class Trainer:
         self.wall_before = 0.0
         self.t0 = time.monotonic()
         self.fit = NO_FIT
+        self.labels_at_fit = 0
         self.rollouts = 0
         self.pending_rows: list[dict] = []
         self._clip_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -194,9 +195,15 @@ class Trainer:
                 self.store.add_label(pid, ans, labeler=self.teacher.name, seconds=0.0, model_version=version)
         return len(choices)
 
+    def _refit_due(self) -> bool:
+        grown = self.store.count_labels(trainable_only=True) - self.labels_at_fit
+        last_label = self.store.count_pairs() >= self.schedule.total
+        return grown > 0 and (grown >= self.cfg.reward.refit_growth * self.labels_at_fit or last_label)
+
     def refit(self, epochs: int) -> FitStats:
         data = self._preference_data()
         if data is not None:
+            self.labels_at_fit = self.store.count_labels(trainable_only=True)
             self.fit = self.reward_trainer.fit(data, epochs)
         return self.fit
 
@@ -224,7 +231,8 @@ class Trainer:
             new = self.recorder.take_new()
             pool = list(self.recorder.pool)
             candidates = pool[-new:] if new >= 2 else pool
-            if self.gather(self.schedule.due(step, self.store.count_pairs()), candidates):
+            self.gather(self.schedule.due(step, self.store.count_pairs()), candidates)
+            if self._refit_due():
                 self.refit(self.cfg.reward.epochs)
         labels = self.store.count_labels() if self.learned else 0
         row = dict(env_steps=step, true_episode_return=_mean(true_returns),
@@ -261,7 +269,8 @@ class Trainer:
             torch.save(self.reward_trainer.state_dict(), tmp / "reward_trainer.pt")
         state = dict(env_steps=step, rollouts=self.rollouts, wall_seconds=self.wall_seconds, finished=finished,
                      labels=self.store.count_labels() if self.learned else 0,
-                     rng=self.rng.bit_generator.state, fit=self.fit._asdict())
+                     rng=self.rng.bit_generator.state, fit=self.fit._asdict(),
+                     labels_at_fit=self.labels_at_fit)
         (tmp / "state.json").write_text(json.dumps(state, default=float))
         if final.exists():  # same step checkpointed twice (e.g. the final one): replace it whole
             shutil.rmtree(final)
@@ -298,6 +307,7 @@ class Trainer:
             self.ensemble.load_state_dict(torch.load(latest / "ensemble.pt", weights_only=True))
             self.reward_trainer.load_state_dict(torch.load(latest / "reward_trainer.pt", weights_only=True))
             self.fit = FitStats(**state["fit"])
+            self.labels_at_fit = state["labels_at_fit"]
         self.rng.bit_generator.state = state["rng"]
         self.rollouts = state["rollouts"]
         self.wall_before = state["wall_seconds"]
@@ -415,6 +425,7 @@ def _set_rms(venv: VecNormalize, d) -> None:
 def check_run_config(cfg: TrainConfig) -> None:
     """Checks that need the env: raise ConfigError/EnvError with a one-line fix."""
     cfg.validate()
+    make_env(cfg.env).close()  # unknown id, unsupported spaces, no time limit: fail before writing anything
     limit = episode_limit(cfg.env)
     if cfg.reward_source == "learned" and limit is not None and cfg.feedback.clip_length > limit:
         raise ConfigError(f"--clip-length {cfg.feedback.clip_length} is longer than an episode of {cfg.env.env} "
