@@ -19,23 +19,24 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
-from prefrl.config import EnvConfig, FeedbackConfig, TrainConfig
+from prefrl.config import EnvConfig, TrainConfig
 
 METHODS = ("ppo_true", "pref_200", "pref_50", "random")
 COLUMNS = ["method", "seed", "labels", "steps", "true_return", "wall_seconds", "peak_rss_mb"]
 
 
-def method_config(method: str, seed: int, steps: int, runs_dir: Path) -> TrainConfig:
-    base = TrainConfig(env=EnvConfig(env="Pendulum-v1"), seed=seed, total_timesteps=steps, progress_bar=False,
-                       results_dir=runs_dir, exp_name=method)
+def method_config(method: str, seed: int, steps: int, runs_dir: Path, base: TrainConfig) -> TrainConfig:
+    """`base` carries the train flags given after `--`, the same for every method."""
+    base = replace(base, env=replace(base.env, env="Pendulum-v1"), seed=seed, total_timesteps=steps,
+                   progress_bar=False, results_dir=runs_dir, exp_name=method)
     if method == "ppo_true":
         return replace(base, reward_source="true")
     if method.startswith("pref_"):
-        return replace(base, feedback=FeedbackConfig(total_labels=int(method.split("_")[1])))
+        return replace(base, feedback=replace(base.feedback, total_labels=int(method.split("_")[1])))
     raise ValueError(f"unknown method {method}")
 
 
-def run_one(method: str, seed: int, steps: int, runs_dir: str) -> dict:
+def run_one(method: str, seed: int, steps: int, runs_dir: str, train_flags: list[str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -48,9 +49,10 @@ def run_one(method: str, seed: int, steps: int, runs_dir: str) -> dict:
         returns = evaluate(random_policy(cfg, seed=10_000 + seed), cfg, episodes=10)
         return dict(method=method, seed=seed, labels=0, steps=0, true_return=float(returns.mean()), wall_seconds=0.0,
                     peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    from prefrl.cli import parse_train_config
     from prefrl.loop import train
 
-    r = train(method_config(method, seed, steps, Path(runs_dir)))
+    r = train(method_config(method, seed, steps, Path(runs_dir), parse_train_config(train_flags)))
     return dict(method=method, seed=seed, labels=r.labels, steps=r.steps, true_return=r.true_return,
                 wall_seconds=round(r.wall_seconds, 1), peak_rss_mb=round(r.peak_rss_mb, 1))
 
@@ -100,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel runs (one core each)")
     ap.add_argument("--out", type=Path, default=Path("results/bench"), help="where pendulum.csv/.md go")
-    args = ap.parse_args(argv)
+    ap.epilog = "Flags after `--` are prefrl train flags applied to every run (all methods alike)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:cut])
+    args.train_flags = argv[cut + 1:]
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(m, s) for s in range(args.seeds) for m in methods]
     rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=args.workers, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_one, m, s, args.steps, str(runs_dir)): (m, s) for m, s in jobs}
+        futures = {pool.submit(run_one, m, s, args.steps, str(runs_dir), args.train_flags): (m, s) for m, s in jobs}
         for fut in as_completed(futures):
             row = fut.result()
             rows.append(row)

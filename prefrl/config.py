@@ -126,9 +126,9 @@ class FeedbackConfig:
     """c in the paper's label rate c/(T+c), in env steps (None: a fifth of the run)."""
     labels_done_fraction: float = 0.75
     """The online schedule hands out its last label at this fraction of the run."""
-    clip_length: int = 100
-    """Steps per clip; must not exceed an episode (100 is imitation's Pendulum setting; the paper's
-    Atari clips are 25 steps)."""
+    clip_length: int = 25
+    """Steps per clip; must not exceed an episode (the paper's Atari clips are 25 steps; on Pendulum,
+    25-step clips of the initial policy differ more than 100-step ones, so early labels say more)."""
     sampler: Literal["disagreement", "random"] = "disagreement"
     """Pair choice: random, or the pairs the ensemble members disagree on most."""
     candidate_factor: int = 10

@@ -45,7 +45,7 @@ from prefrl.schedule import LabelSchedule
 
 PROGRESS_COLUMNS = [
     "env_steps", "true_episode_return", "learned_episode_return", "labels", "reward_model_version",
-    "rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2", "wall_seconds",
+    "rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2", "reward_corr", "wall_seconds",
 ]
 NO_FIT = FitStats(0, math.nan, math.nan, math.nan, math.nan, math.nan)
 
@@ -231,11 +231,14 @@ class Trainer:
             new = self.recorder.take_new()
             pool = list(self.recorder.pool)
             candidates = pool[-new:] if new >= 2 else pool
+            corr = self._reward_corr(candidates)
             self.gather(self.schedule.due(step, self.store.count_pairs()), candidates)
             if self._refit_due():
                 self.refit(self.cfg.reward.epochs)
+        else:
+            corr = math.nan
         labels = self.store.count_labels() if self.learned else 0
-        row = dict(env_steps=step, true_episode_return=_mean(true_returns),
+        row = dict(reward_corr=corr, env_steps=step, true_episode_return=_mean(true_returns),
                    learned_episode_return=_mean(learned_returns), labels=labels,
                    reward_model_version=self.ensemble.version if self.learned else 0,
                    rm_train_acc=self.fit.train_acc, rm_val_acc=self.fit.val_acc, rm_train_loss=self.fit.train_loss,
@@ -245,8 +248,21 @@ class Trainer:
         log.record("charts/true_episode_return", row["true_episode_return"])
         log.record("charts/learned_episode_return", row["learned_episode_return"])
         log.record("reward/labels", labels)
-        for k in ("rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2"):
+        for k in ("rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2", "reward_corr"):
             log.record(f"reward/{k[3:] if k.startswith('rm_') else k}", row[k])
+
+    def _reward_corr(self, clips: list[Clip]) -> float:
+        """Pearson correlation of learned vs true per-step reward on this rollout's clips: how well
+        the reward model tracks the truth where the agent is now (reward hacking shows up here)."""
+        if not self.ensemble.fitted or not clips:
+            return math.nan
+        clips = clips[-64:]
+        pred, _ = self.ensemble.predict(np.concatenate([c.obs for c in clips]),
+                                        np.concatenate([c.acts for c in clips]))
+        true = np.concatenate([c.rews for c in clips])
+        if pred.std() == 0 or true.std() == 0:
+            return math.nan
+        return float(np.corrcoef(pred, true)[0, 1])
 
     # --- checkpoints and resume ---------------------------------------------------
 

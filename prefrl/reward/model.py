@@ -66,6 +66,19 @@ class RewardEnsemble(nn.Module):
         self.register_buffer("out_std", torch.ones(self.n_members, 1))
         self.register_buffer("fit_count", torch.zeros((), dtype=torch.int64))
         self._eye = np.eye(self.act_dim if self.discrete else 0, dtype=np.float32)
+        # Where the spaces are bounded, scale inputs by the bounds: statistics of the initial
+        # policy's clips are narrow, and states the agent reaches later (e.g. a fast-spinning
+        # pendulum) would then sit many "stds" out, where the MLP extrapolates wildly.
+        low, high = [obs_space.low.reshape(-1)], [obs_space.high.reshape(-1)]
+        if cfg.use_actions:
+            if self.discrete:
+                low.append(np.zeros(self.act_dim)), high.append(np.ones(self.act_dim))
+            else:
+                low.append(act_space.low.reshape(-1)), high.append(act_space.high.reshape(-1))
+        low_a, high_a = np.concatenate(low).astype(np.float64), np.concatenate(high).astype(np.float64)
+        self._bounded = torch.from_numpy(np.isfinite(low_a) & np.isfinite(high_a) & (high_a - low_a < 1e6))
+        self._bound_mean = torch.from_numpy(np.where(self._bounded, (low_a + high_a) / 2, 0.0)).float()
+        self._bound_std = torch.from_numpy(np.where(self._bounded, np.maximum((high_a - low_a) / 2, 1e-6), 1.0)).float()
 
     # --- bookkeeping -----------------------------------------------------------------
 
@@ -114,13 +127,15 @@ class RewardEnsemble(nn.Module):
 
     @torch.no_grad()
     def set_input_stats(self, obs: np.ndarray, acts: Optional[np.ndarray]) -> None:
-        """Per-feature mean/std over obs (N, *obs_shape), acts (N, ...); set once, at the first fit,
-        so that later fits and the policy's rewards see a fixed input scale."""
+        """Per-feature centre/scale: the space's bounds where finite, else mean/std over obs
+        (N, *obs_shape), acts (N, ...). Set once, at the first fit, so that later fits and the
+        policy's rewards see a fixed input scale."""
         x = self._raw_features(obs, acts).reshape(-1, self.n_features)
         mean = x.mean(0)
         std = x.std(0, correction=0)
-        self.in_mean.copy_(mean)
-        self.in_std.copy_(torch.where(std < _STD_FLOOR, torch.ones_like(std), std))
+        std = torch.where(std < _STD_FLOOR, torch.ones_like(std), std)
+        self.in_mean.copy_(torch.where(self._bounded, self._bound_mean, mean))
+        self.in_std.copy_(torch.where(self._bounded, self._bound_std, std))
 
     # --- members ---------------------------------------------------------------------
 
