@@ -20,9 +20,10 @@ import resource
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -96,6 +97,7 @@ class Trainer:
         self.rollouts = 0
         self.pending_rows: list[dict] = []
         self._clip_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.phase_seconds: dict[str, float] = {}
 
         venv: VecEnv = make_vec_env(cfg.env, cfg.seed, render=cfg.feedback.render_clips and self.learned)
         self.recorder: Optional[ClipRecorder] = None
@@ -117,6 +119,15 @@ class Trainer:
         self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
         if resuming:
             self._restore()
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add this block's wall time to phase_seconds (reported in summary.json)."""
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.monotonic() - t
 
     # --- set-up -------------------------------------------------------------------
 
@@ -154,7 +165,8 @@ class Trainer:
         """Labels from the initial policy, then the (longer) first fit of the reward model."""
         due = self.schedule.due(0, self.store.count_pairs()) if self.model.num_timesteps == 0 else 0
         if due > 0:
-            self._rollout_initial_policy(clips_wanted=max(2, min(self.cfg.feedback.clip_pool, due)))
+            with self.timed("initial_rollout"):
+                self._rollout_initial_policy(clips_wanted=max(2, min(self.cfg.feedback.clip_pool, due)))
             self.gather(due, candidates=list(self.recorder.pool))
         if not self.ensemble.fitted and self.store.count_labels(trainable_only=True) > 0:
             self.refit(self.cfg.reward.pretrain_epochs)
@@ -177,6 +189,10 @@ class Trainer:
         """Choose n pairs among candidates, store them, and have the teacher answer them."""
         if n <= 0 or len(candidates) < 2:
             return 0
+        with self.timed("gather"):
+            return self._gather(n, candidates)
+
+    def _gather(self, n: int, candidates: list[Clip]) -> int:
         choices = self.sampler.select(candidates, n, self.rng)
         version = self.ensemble.version
         for c in {i for ch in choices for i in (ch.left, ch.right)}:
@@ -204,7 +220,8 @@ class Trainer:
         data = self._preference_data()
         if data is not None:
             self.labels_at_fit = self.store.count_labels(trainable_only=True)
-            self.fit = self.reward_trainer.fit(data, epochs)
+            with self.timed("refit"):
+                self.fit = self.reward_trainer.fit(data, epochs)
         return self.fit
 
     def _preference_data(self) -> Optional[PreferenceData]:
@@ -272,6 +289,10 @@ class Trainer:
 
     def checkpoint(self, finished: bool = False) -> Path:
         """Write a complete checkpoint folder, then point `latest` at it; older ones are pruned."""
+        with self.timed("checkpoint"):
+            return self._checkpoint(finished)
+
+    def _checkpoint(self, finished: bool) -> Path:
         self._flush_rows()
         step = self.model.num_timesteps
         final = self.ckpt_dir / f"step_{step:010d}"
@@ -373,6 +394,7 @@ class Trainer:
                            self.model.num_timesteps, self.wall_seconds, peak_rss_mb())
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result._asdict().items()}
         summary["eval_returns"] = returns.tolist()
+        summary["phase_seconds"] = {k: round(v, 2) for k, v in self.phase_seconds.items()}
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
         if self.progress_path.exists():
             learning_curve(self.progress_path, self.run_dir / "learning_curve.png", title=self.run_dir.name)

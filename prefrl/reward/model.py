@@ -71,14 +71,16 @@ class RewardEnsemble(nn.Module):
         # pendulum) would then sit many "stds" out, where the MLP extrapolates wildly.
         low, high = [obs_space.low.reshape(-1)], [obs_space.high.reshape(-1)]
         if cfg.use_actions:
-            if self.discrete:
+            if self.discrete:  # one-hot features lie in [0, 1]
                 low.append(np.zeros(self.act_dim)), high.append(np.ones(self.act_dim))
             else:
                 low.append(act_space.low.reshape(-1)), high.append(act_space.high.reshape(-1))
-        low_a, high_a = np.concatenate(low).astype(np.float64), np.concatenate(high).astype(np.float64)
-        self._bounded = torch.from_numpy(np.isfinite(low_a) & np.isfinite(high_a) & (high_a - low_a < 1e6))
-        self._bound_mean = torch.from_numpy(np.where(self._bounded, (low_a + high_a) / 2, 0.0)).float()
-        self._bound_std = torch.from_numpy(np.where(self._bounded, np.maximum((high_a - low_a) / 2, 1e-6), 1.0)).float()
+        lo, hi = np.concatenate(low).astype(np.float64), np.concatenate(high).astype(np.float64)
+        bounded = np.isfinite(lo) & np.isfinite(hi) & (hi - lo < 1e6)
+        lo, hi = np.where(bounded, lo, 0.0), np.where(bounded, hi, 0.0)
+        self._bounded = torch.from_numpy(bounded)
+        self._bound_mean = torch.from_numpy((lo + hi) / 2).float()
+        self._bound_std = torch.from_numpy(np.where(bounded, np.maximum((hi - lo) / 2, 1e-6), 1.0)).float()
 
     # --- bookkeeping -----------------------------------------------------------------
 

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from prefrl.config import EnvConfig, RewardConfig
+from prefrl.envs import make_vec_env
+from prefrl.reward.model import RewardEnsemble
+from prefrl.reward.wrapper import LearnedReward
+
+
+def wrapped(env_id="Pendulum-v1", n_envs=2, fitted=True):
+    venv = make_vec_env(EnvConfig(env=env_id, n_envs=n_envs), seed=0)
+    ens = RewardEnsemble(venv.observation_space, venv.action_space, RewardConfig(), seed=0)
+    if fitted:
+        ens.version = 1
+    return LearnedReward(venv, ens), ens
+
+
+def test_reward_is_the_ensemble_mean_and_true_reward_rides_in_info():
+    env, ens = wrapped()
+    obs = env.reset()
+    acts = np.array([[0.5], [-1.0]], dtype=np.float32)
+    expected, _ = ens.predict(obs, acts)
+    _, rews, _, infos = env.step(acts)
+    np.testing.assert_allclose(rews, expected, rtol=1e-5)
+    true = [info["true_reward"] for info in infos]
+    assert all(t <= 0 for t in true) and not np.allclose(true, rews)
+
+
+def test_unfitted_model_gives_zero_reward():
+    env, _ = wrapped(fitted=False)
+    env.reset()
+    _, rews, _, infos = env.step(np.zeros((2, 1), dtype=np.float32))
+    assert np.all(rews == 0) and "true_reward" in infos[0]
+
+
+def test_episode_end_reports_learned_return_beside_monitor_true_return():
+    env, ens = wrapped(n_envs=1)
+    obs = env.reset()
+    total, true_total = 0.0, 0.0
+    for _ in range(200):  # one Pendulum episode
+        act = np.array([[0.3]], dtype=np.float32)
+        r_exp, _ = ens.predict(obs, act)
+        obs, rews, dones, infos = env.step(act)
+        total += float(r_exp[0])
+        true_total += infos[0]["true_reward"]
+    assert dones[0]
+    assert infos[0]["learned_episode_return"] == pytest.approx(total, rel=1e-4)
+    assert infos[0]["episode"]["r"] == pytest.approx(true_total, rel=1e-4)  # Monitor: the true return
+
+
+def test_discrete_actions():
+    env, ens = wrapped("CartPole-v1")
+    env.reset()
+    _, rews, _, infos = env.step(np.array([0, 1]))
+    assert rews.shape == (2,) and infos[1]["true_reward"] == 1.0
+
+
+def test_weights_swapped_in_place_take_effect_at_once():
+    env, ens = wrapped()
+    env.reset()
+    _, before, _, _ = env.step(np.zeros((2, 1), dtype=np.float32))
+    with torch.no_grad():
+        ens.out_mean.add_(5.0)  # what a refit does: updates the same module the wrapper holds
+    _, after, _, _ = env.step(np.zeros((2, 1), dtype=np.float32))
+    assert np.all(after < before - 1.0)
