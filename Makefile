@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean-venv
+.PHONY: setup run test bench app chromium clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,20 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/prefrl train
 
+# The labeling app, on this machine only (127.0.0.1); RUN=results/<run> picks a run, else the newest.
+app: $(STAMP)
+	$(VENV)/bin/prefrl app $(RUN)
+
+# Debian's chromium for tests/test_browser.py (Playwright's own browser download does not work here).
+# Installed with apt as root; elsewhere the browser test skips and says why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update && apt-get install -y chromium) || echo "chromium: apt-get install failed; the browser test will be skipped"; \
+	else echo "chromium: missing and not installable here (needs root and apt-get); the browser test will be skipped"; fi
+
 # pytest's exit code 5 (no test collected) is a failure, not a pass.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -m "not slow" -q --timeout 600; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

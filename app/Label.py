@@ -43,7 +43,7 @@ KEY_SCRIPT = """
     const key = map[e.key];
     if (!key || e.ctrlKey || e.metaKey || e.altKey) return;
     const t = e.target;
-    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) return;
+    if (t && (["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName) || t.isContentEditable)) return;
     const marker = document.querySelector(".prefrl-render");
     const btn = document.querySelector(".st-key-" + key + " button");
     if (!marker || !btn || btn.disabled) return;
@@ -111,11 +111,12 @@ def _flash(kind: str, text: str) -> None:
 
 def _answer(run: str, labeler: str, pair_id: int, answer: str) -> None:
     s = _state()
-    seconds = max(time.time() - s["shown"].get(pair_id, time.time()), 1e-3)
+    shown = s.setdefault("shown", {})
+    seconds = max(time.time() - shown.get(pair_id, time.time()), 1e-3)
     try:
         with LabelStore(Path(run) / shared.DB_NAME, timeout=5.0) as store:
             pair = store.get_pair(pair_id)
-            version = max(pair.model_version, shared.latest_model_version(Path(run)))
+            version = max(pair.model_version, int(store.get_meta(shared.MODEL_VERSION_KEY, "0") or 0))
             store.add_label(pair_id, answer, labeler, seconds, version)
     except DuplicateLabel:
         _flash("warning", f"pair {pair_id} was already answered; moving on")
@@ -125,7 +126,7 @@ def _answer(run: str, labeler: str, pair_id: int, answer: str) -> None:
         s["last"] = (pair_id, Answer(answer), seconds)
     if s.get("focus") == pair_id:
         s["focus"] = None
-    s["shown"].pop(pair_id, None)
+    shown.pop(pair_id, None)
 
 
 def _undo(run: str, labeler: str) -> None:
@@ -142,14 +143,14 @@ def _undo(run: str, labeler: str) -> None:
         _flash("error", str(exc))
         return
     s["focus"] = last.pair_id  # show the undone pair again, first
-    s["skipped"].discard(last.pair_id)
+    s.setdefault("skipped", set()).discard(last.pair_id)
     s["last"] = None
     _flash("info", f"undid your answer to pair {last.pair_id} ({shared.ANSWER_TEXT[last.answer]}); answer it again")
 
 
 def _skip(pair_id: int) -> None:
     s = _state()
-    s["skipped"].add(pair_id)
+    s.setdefault("skipped", set()).add(pair_id)
     if s.get("focus") == pair_id:
         s["focus"] = None
 
@@ -277,6 +278,7 @@ def main() -> None:
     s = _state()
     s["render_n"] = s.get("render_n", 0) + 1
     st.html(KEY_SCRIPT, unsafe_allow_javascript=True)
+    shared.warn_if_exposed()
     run = shared.choose_run()
     if run is None:
         return
@@ -299,9 +301,6 @@ def _page(store: LabelStore, run: Path) -> None:
     s = _state()
     labeler = _ask_labeler()
     if labeler is None:
-        for kind, text in s.get("flash", []):  # name errors raised by this run's callback
-            getattr(st, kind)(text)
-        s["flash"] = []
         return
     st.sidebar.markdown(f"Labeling as **{labeler}**")
     st.sidebar.button("Change labeler", on_click=_change_labeler)
@@ -316,7 +315,10 @@ def _page(store: LabelStore, run: Path) -> None:
             st.button("Show skipped pairs again", on_click=_clear_skips)
         else:
             st.info("no pending pairs yet — the trainer adds them at each rollout end")
-        st.button("Refresh", key="refresh")
+        st.html(f'<span class="prefrl-render" data-n="{s["render_n"]}" data-pair="" data-visible=""></span>')
+        c = st.columns([1, 1, 4])
+        c[0].button("Refresh", key="refresh")
+        c[1].button("u  undo my last", key="undo", on_click=_undo, args=(str(run), labeler))
         _wait_for_pairs(str(run), labeler)
         return
 

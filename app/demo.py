@@ -38,7 +38,7 @@ def clip_frames(rng: np.random.Generator, length: int = 20, side: int = 64) -> n
     frames = np.full((length, side, side, 3), 20, dtype=np.uint8)
     frames += rng.integers(0, 12, size=frames.shape, dtype=np.uint8)  # a little noise
     colour = rng.integers(80, 256, size=3, dtype=np.uint8)
-    x, y = rng.uniform(8, side - 16, size=2)
+    x, y = rng.uniform(0, side - 8, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     for t in range(length):
         cx = int(x + 2 * t * math.cos(angle)) % (side - 8)

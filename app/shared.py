@@ -99,6 +99,14 @@ def choose_run() -> Optional[Path]:
     return Path(current)
 
 
+def warn_if_exposed() -> None:
+    """Say so in the sidebar when the server listens beyond this machine (no --server.address 127.0.0.1)."""
+    address = st.get_option("server.address")
+    if address not in ("127.0.0.1", "localhost", "::1"):
+        st.sidebar.warning(f"The app listens on {address or 'all interfaces'}: anyone who can reach this machine "
+                           "can label. Restart with `--server.address 127.0.0.1` (as `make app` does).")
+
+
 def open_store(run: Path) -> Optional[LabelStore]:
     """The run's store, or None after showing why not (one line, no traceback)."""
     db = run / DB_NAME
@@ -136,30 +144,8 @@ def read_progress(run: Path) -> list[dict[str, float]]:
     return out
 
 
-def latest_model_version(run: Path) -> int:
-    """The newest reward_model_version the trainer logged in progress.csv (0 when none)."""
-    path = run / "progress.csv"
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 4096))
-            tail = fh.read().decode("utf-8", "replace").splitlines()
-            fh.seek(0)
-            header = fh.readline().decode("utf-8", "replace").strip().split(",")
-    except OSError:
-        return 0
-    if "reward_model_version" not in header:
-        return 0
-    col = header.index("reward_model_version")
-    for line in reversed(tail):
-        cells = line.strip().split(",")
-        if len(cells) == len(header):
-            try:
-                return int(float(cells[col]))
-            except ValueError:
-                continue
-    return 0
+MODEL_VERSION_KEY = "reward_model_version"
+"""Meta key in labels.sqlite where the trainer records the reward model's current version at each refit."""
 
 
 # --- small statistics (pure; tested without streamlit) -------------------------------------

@@ -9,10 +9,11 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
-USAGE = """usage: prefrl {train,bench} ...
+USAGE = """usage: prefrl {train,app,bench} ...
 
   prefrl train [FLAGS]          start a run (prefrl train --help lists every flag)
   prefrl train --resume RUN_DIR continue a stopped run from its latest checkpoint
+  prefrl app [RUN_DIR]          the labeling app in a browser (default: the newest run)
   prefrl bench pendulum [...]   the Pendulum-v1 benchmark (prefrl bench pendulum --help)
 
 Add --debug to see a traceback on errors."""
@@ -39,6 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if command == "train":
             return _train(rest)
+        if command == "app":
+            return _app(rest)
         if command == "bench":
             from prefrl.bench import main as bench_main
 
@@ -74,6 +77,29 @@ def _train(argv: list[str]) -> int:
         result = train(parse_train_config(argv))
     _report(result)
     return 0
+
+
+def _app(argv: list[str]) -> int:
+    import subprocess
+
+    ap = argparse.ArgumentParser(prog="prefrl app", description="Open the Streamlit labeling app on a run folder.")
+    ap.add_argument("run_dir", nargs="?", type=Path, help="run folder (default: the newest under --results)")
+    ap.add_argument("--results", type=Path, default=Path("results"), help="folder of run folders")
+    ap.add_argument("--port", type=int, default=8501, help="local port (default 8501)")
+    ap.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    args = ap.parse_args(argv)
+    script = Path(__file__).resolve().parents[1] / "app" / "Label.py"
+    if not script.exists():
+        raise SystemExit(f"prefrl: error: the app is not installed beside the package ({script} is missing); "
+                         "use a source checkout (pip install -e .)")
+    if args.run_dir is not None and not (args.run_dir / "labels.sqlite").exists():
+        raise SystemExit(f"prefrl: error: {args.run_dir} has no labels.sqlite; pass a run folder made by prefrl train")
+    app_args = ["--results", str(args.results)] + (["--run", str(args.run_dir)] if args.run_dir else [])
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", args.address,
+           "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", *app_args]
+    print(f"labeling app: http://{args.address}:{args.port}  (Ctrl+C to stop)", flush=True)
+    return subprocess.call(cmd)
 
 
 def parse_train_config(argv: list[str]):

@@ -112,8 +112,17 @@ class RewardConfig:
 class FeedbackConfig:
     """Clips, pair choice, label schedule and the labeler."""
 
-    labeler: Literal["oracle"] = "oracle"
-    """Who answers: `oracle` is a synthetic teacher on the true reward."""
+    labeler: Literal["oracle", "human"] = "oracle"
+    """Who answers: `oracle` is a synthetic teacher on the true reward; `human` is a person in the app
+    (`prefrl app RUN_DIR`): pairs wait in labels.sqlite and training picks up answers at each rollout end."""
+    oracle_fill: bool = False
+    """With --labeler human: the synthetic teacher answers pairs still pending one rollout after they were
+    asked, so human and synthetic labels mix (for testing and demos)."""
+    wait_labels: Optional[int] = None
+    """With --labeler human: labels to wait for before PPO starts (None: all initial pairs). Training never
+    waits on a person after that."""
+    max_pending: int = 50
+    """With --labeler human: at most this many unanswered pairs are queued; the schedule pauses above it."""
     teacher: Literal["oracle", "stochastic", "mistake", "skip", "equal", "myopic"] = "oracle"
     """Synthetic teacher (B-Pref): perfect oracle or one of its imperfect variants."""
     total_labels: int = 200
@@ -148,7 +157,11 @@ class FeedbackConfig:
     myopic_gamma: float = 0.9
     """Myopic teacher: weight gamma^(T-1-t) on step t, so the end of the clip counts most."""
     render_clips: bool = False
-    """Render frames and write an H.264 MP4 beside each labelled clip (slower)."""
+    """Render frames and write an H.264 MP4 beside each labelled clip (slower; always on for --labeler human)."""
+
+    @property
+    def render(self) -> bool:
+        return self.render_clips or self.labeler == "human"
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,11 @@ class TrainConfig:
     """PPO env steps (label-collection steps of the initial policy are counted separately)."""
     reward_source: Literal["learned", "true"] = "learned"
     """`learned` trains PPO on the preference reward model; `true` is the PPO-true baseline."""
+    labels: Optional[Path] = None
+    """Train a new agent on the labels of an existing label DB (RUN_DIR/labels.sqlite); no new labels are asked."""
+    reward_model: Optional[Path] = None
+    """Train a new agent on a trained reward ensemble (a run folder, its checkpoint folder or ensemble.pt);
+    the reward stays fixed and no labels are asked."""
     results_dir: Path = Path("results")
     """Folder that holds run folders."""
     run_dir: Optional[Path] = None
@@ -200,8 +218,14 @@ class TrainConfig:
         """Raise ConfigError (one line, with the fix) on settings that cannot work."""
         fb, rm, e = self.feedback, self.reward, self.env
         checks = [
-            (fb.total_labels > 0 or self.reward_source == "true",
+            (fb.total_labels > 0 or self.reward_source == "true" or self.labels or self.reward_model,
              f"--total-labels must be > 0 (got {fb.total_labels}); use --reward-source true for PPO on the true reward"),
+            (not (self.labels and self.reward_model), "--labels and --reward-model exclude each other; pass one"),
+            (not ((self.labels or self.reward_model) and self.reward_source == "true"),
+             "--labels/--reward-model train on a learned reward; drop --reward-source true"),
+            (fb.max_pending >= 1, f"--max-pending must be >= 1 (got {fb.max_pending})"),
+            (fb.wait_labels is None or fb.wait_labels >= 0, f"--wait-labels must be >= 0 (got {fb.wait_labels})"),
+            (not fb.oracle_fill or fb.labeler == "human", "--oracle-fill only applies with --labeler human"),
             (fb.total_labels <= 1_000_000, f"--total-labels {fb.total_labels} is absurd; use at most 1,000,000"),
             (fb.clip_length >= 1, f"--clip-length must be >= 1 (got {fb.clip_length})"),
             (0.0 <= fb.initial_fraction <= 1.0, f"--initial-fraction must be in [0, 1] (got {fb.initial_fraction})"),
@@ -297,7 +321,7 @@ def _from_plain(cls: type, data: dict, source: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: `{name}` must be an object; restore the file")
             kwargs[name] = _from_plain(type(default), value, source)
-        elif isinstance(default, Path) or name == "run_dir":
+        elif isinstance(default, Path) or name in ("run_dir", "labels", "reward_model"):
             kwargs[name] = None if value is None else Path(value)
         elif isinstance(default, tuple):
             kwargs[name] = tuple(value)

@@ -37,7 +37,7 @@ from prefrl.config import ConfigError, TrainConfig
 from prefrl.envs import EnvError, episode_limit, make_env, make_vec_env
 from prefrl.evaluate import evaluate
 from prefrl.labels.oracle import make_teacher
-from prefrl.labels.store import Answer, LabelStore
+from prefrl.labels.store import Answer, DuplicateLabel, LabelStore, StoreError
 from prefrl.reward.model import RewardEnsemble
 from prefrl.reward.train import FitStats, PreferenceData, RewardTrainer
 from prefrl.reward.wrapper import LearnedReward
@@ -96,22 +96,31 @@ class Trainer:
         self.labels_at_fit = 0
         self.rollouts = 0
         self.pending_rows: list[dict] = []
-        self._clip_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._clip_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.phase_seconds: dict[str, float] = {}
 
-        venv: VecEnv = make_vec_env(cfg.env, cfg.seed, render=cfg.feedback.render_clips and self.learned)
+        fb = cfg.feedback
+        self.human = self.learned and fb.labeler == "human" and not (cfg.labels or cfg.reward_model)
+        venv: VecEnv = make_vec_env(cfg.env, cfg.seed, render=fb.render and self.learned)
         self.recorder: Optional[ClipRecorder] = None
         self.ensemble: Optional[RewardEnsemble] = None
         if self.learned:
             self.store = LabelStore(run_dir / "labels.sqlite")
-            self.recorder = ClipRecorder(venv, cfg.feedback.clip_length, cfg.feedback.clip_pool,
-                                         record_frames=cfg.feedback.render_clips)
+            self.recorder = ClipRecorder(venv, fb.clip_length, fb.clip_pool, record_frames=fb.render)
             self.ensemble = RewardEnsemble(venv.observation_space, venv.action_space, cfg.reward, seed=cfg.seed)
+            if cfg.reward_model and not resuming:
+                self.ensemble.load_state_dict(torch.load(ensemble_file(cfg.reward_model), weights_only=True))
+            if cfg.labels and not resuming:
+                import_labels(cfg.labels, self.store, run_dir, venv.observation_space.shape)
             self.reward_trainer = RewardTrainer(self.ensemble, cfg.reward, seed=cfg.seed)
             self.teacher = make_teacher(cfg.feedback, seed=cfg.seed)
             self.sampler = make_sampler(cfg.feedback.sampler, self.ensemble.clip_returns,
                                         cfg.feedback.candidate_factor, ready=self._disagreement_ready)
-            self.schedule = LabelSchedule.from_config(cfg)
+            if cfg.labels or cfg.reward_model:  # a fixed label set (or none): the schedule asks for nothing
+                n = self.store.count_pairs()
+                self.schedule = LabelSchedule(n, n, 1.0, 1)
+            else:
+                self.schedule = LabelSchedule.from_config(cfg)
             venv = LearnedReward(self.recorder, self.ensemble)
         self.venv = VecNormalize(venv, norm_obs=cfg.env.normalize_obs, norm_reward=cfg.env.normalize_reward,
                                  gamma=cfg.ppo.gamma)
@@ -168,8 +177,30 @@ class Trainer:
             with self.timed("initial_rollout"):
                 self._rollout_initial_policy(clips_wanted=max(2, min(self.cfg.feedback.clip_pool, due)))
             self.gather(due, candidates=list(self.recorder.pool))
+        if self.human:
+            self._wait_for_first_labels()
         if not self.ensemble.fitted and self.store.count_labels(trainable_only=True) > 0:
             self.refit(self.cfg.reward.pretrain_epochs)
+
+    def _wait_for_first_labels(self) -> None:
+        """The one time training waits on a person: until the first labels are in."""
+        fb = self.cfg.feedback
+        want = min(self.schedule.initial, fb.wait_labels if fb.wait_labels is not None else self.schedule.initial)
+        have = self.store.count_labels(trainable_only=True)
+        if have >= want:
+            return
+        print(f"\nWaiting for {want} labels. Open the labeling app in a browser with:\n\n"
+              f"    prefrl app {self.run_dir}\n", file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        with tqdm(total=want, initial=have, desc="labels", unit="label", file=sys.stderr) as bar:
+            while have < want:
+                if fb.oracle_fill:
+                    self._fill_pending()
+                time.sleep(0.5)
+                now = self.store.count_labels(trainable_only=True)
+                bar.update(now - have)
+                have = now
 
     def _rollout_initial_policy(self, clips_wanted: int) -> None:
         """Step the untrained policy (PPO's own initial weights) until enough clips exist."""
@@ -193,6 +224,10 @@ class Trainer:
             return self._gather(n, candidates)
 
     def _gather(self, n: int, candidates: list[Clip]) -> int:
+        if self.human:
+            n = min(n, self.cfg.feedback.max_pending - self.store.count_pending())
+            if n <= 0:
+                return 0
         choices = self.sampler.select(candidates, n, self.rng)
         version = self.ensemble.version
         for c in {i for ch in choices for i in (ch.left, ch.right)}:
@@ -205,11 +240,30 @@ class Trainer:
         for rule, chs in rules.items():
             pair_ids = self.store.add_pairs([(candidates[c.left].id, candidates[c.right].id) for c in chs], rule,
                                             version, [c.disagreement for c in chs] if rule != "random" else None)
+            if self.human:
+                continue  # pending in labels.sqlite until someone answers in the app
             answers = self.teacher.answer(np.stack([candidates[c.left].rews for c in chs]),
                                           np.stack([candidates[c.right].rews for c in chs]))
             for pid, ans in zip(pair_ids, answers):
                 self.store.add_label(pid, ans, labeler=self.teacher.name, seconds=0.0, model_version=version)
         return len(choices)
+
+    def _fill_pending(self) -> int:
+        """--oracle-fill: the synthetic teacher answers every pair nobody has answered yet."""
+        pending = self.store.pending_pairs()
+        if not pending:
+            return 0
+        answers = self.teacher.answer(np.stack([self._clip_arrays(p.left_clip)[2] for p in pending]),
+                                      np.stack([self._clip_arrays(p.right_clip)[2] for p in pending]))
+        filled = 0
+        for pair, ans in zip(pending, answers):
+            try:
+                self.store.add_label(pair.id, ans, labeler=self.teacher.name, seconds=0.0,
+                                     model_version=self.ensemble.version)
+                filled += 1
+            except DuplicateLabel:  # a person answered it meanwhile; theirs stands beside ours
+                pass
+        return filled
 
     def _refit_due(self) -> bool:
         grown = self.store.count_labels(trainable_only=True) - self.labels_at_fit
@@ -222,6 +276,7 @@ class Trainer:
             self.labels_at_fit = self.store.count_labels(trainable_only=True)
             with self.timed("refit"):
                 self.fit = self.reward_trainer.fit(data, epochs)
+            self.store.set_meta("reward_model_version", str(self.ensemble.version))  # the app stamps labels with it
         return self.fit
 
     def _preference_data(self) -> Optional[PreferenceData]:
@@ -231,14 +286,14 @@ class Trainer:
         left = [self._clip_arrays(r.left_clip) for r in records]
         right = [self._clip_arrays(r.right_clip) for r in records]
         target = np.array([Answer(r.answer).target for r in records], dtype=np.float32)
-        return PreferenceData(np.array([r.id for r in records]), np.stack([o for o, _ in left]),
-                              np.stack([a for _, a in left]), np.stack([o for o, _ in right]),
-                              np.stack([a for _, a in right]), target)
+        return PreferenceData(np.array([r.id for r in records]), np.stack([c[0] for c in left]),
+                              np.stack([c[1] for c in left]), np.stack([c[0] for c in right]),
+                              np.stack([c[1] for c in right]), target)
 
-    def _clip_arrays(self, clip_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def _clip_arrays(self, clip_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(obs, acts, true rews) of a stored clip, read once."""
         if clip_id not in self._clip_cache:
-            obs, acts, _ = load_clip_arrays(self.run_dir / self.store.clip(clip_id).npz)
-            self._clip_cache[clip_id] = (obs, acts)
+            self._clip_cache[clip_id] = load_clip_arrays(self.run_dir / self.store.clip(clip_id).npz)
         return self._clip_cache[clip_id]
 
     def on_rollout_end(self, true_returns: list[float], learned_returns: list[float]) -> None:
@@ -247,8 +302,10 @@ class Trainer:
         if self.learned:
             new = self.recorder.take_new()
             pool = list(self.recorder.pool)
-            candidates = pool[-new:] if new >= 2 else pool
+            candidates = pool[-new:] if new >= 2 else pool  # this rollout's clips: the current policy
             corr = self._reward_corr(candidates)
+            if self.cfg.feedback.oracle_fill and self.human:
+                self._fill_pending()  # pairs asked at an earlier rollout end that nobody answered
             self.gather(self.schedule.due(step, self.store.count_pairs()), candidates)
             if self._refit_due():
                 self.refit(self.cfg.reward.epochs)
@@ -457,12 +514,79 @@ def _set_rms(venv: VecNormalize, d) -> None:
     venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["ret_mean"], d["ret_var"], float(d["ret_count"])
 
 
+# --- reusing labels and reward models ---------------------------------------------
+
+
+def ensemble_file(path: Path) -> Path:
+    """ensemble.pt from a run folder (its latest checkpoint), a checkpoint folder, or the file itself."""
+    if path.is_file():
+        return path
+    if (path / "ensemble.pt").exists():
+        return path / "ensemble.pt"
+    pointer = path / "checkpoints" / "latest"
+    if pointer.exists() and (path / "checkpoints" / pointer.read_text().strip() / "ensemble.pt").exists():
+        return path / "checkpoints" / pointer.read_text().strip() / "ensemble.pt"
+    raise RunError(f"no reward model at {path}; pass a run folder with checkpoints, a checkpoint folder or ensemble.pt")
+
+
+def _source_run(path: Path) -> Path:
+    """The run folder that holds a label DB or an ensemble file."""
+    for p in [path, *path.parents]:
+        if (p / "config.json").exists():
+            return p
+    raise RunError(f"{path} is not inside a run folder (no config.json above it); pass a file made by prefrl train")
+
+
+def reward_config_of(path: Path, cfg: TrainConfig) -> TrainConfig:
+    """--reward-model: build the ensemble exactly as the run that trained it did."""
+    src_file = ensemble_file(path)
+    src = TrainConfig.from_json((_source_run(src_file) / "config.json").read_text())
+    if src.env.env != cfg.env.env:
+        raise ConfigError(f"the reward model at {path} was trained on {src.env.env}, not {cfg.env.env}; "
+                          f"use --env {src.env.env}")
+    return replace(cfg, reward=src.reward)
+
+
+def import_labels(db: Path, store: LabelStore, run_dir: Path, obs_shape: tuple[int, ...]) -> int:
+    """Copy the trainable labels of another run (clips, pairs, labels, provenance) into this run's store."""
+    src_dir = _source_run(db)
+    with LabelStore(db) as src:
+        records = src.labels(trainable_only=True)
+        if not records:
+            raise RunError(f"{db} holds no usable labels (left/right/equal); label some pairs first")
+        clip_ids = {c for r in records for c in (r.left_clip, r.right_clip)}
+        for cid in sorted(clip_ids):
+            row = src.clip(cid)
+            if not (src_dir / row.npz).exists():
+                raise RunError(f"clip file {src_dir / row.npz} is missing; restore it or use another label DB")
+            obs, _, _ = load_clip_arrays(src_dir / row.npz)
+            if obs.shape[1:] != tuple(obs_shape):
+                raise RunError(f"labels in {db} were recorded on observations {obs.shape[1:]}, this env has "
+                               f"{tuple(obs_shape)}; use the same --env as that run")
+            (run_dir / "clips").mkdir(exist_ok=True)
+            shutil.copy2(src_dir / row.npz, run_dir / "clips" / Path(row.npz).name)
+            video = None
+            if row.video and (src_dir / row.video).exists():
+                shutil.copy2(src_dir / row.video, run_dir / "clips" / Path(row.video).name)
+                video = f"clips/{Path(row.video).name}"
+            store.add_clip(cid, row.env_step, row.true_return, row.length, f"clips/{Path(row.npz).name}", video)
+        for r in records:
+            (pid,) = store.add_pairs([(r.left_clip, r.right_clip)], r.rule, r.model_version)
+            store.add_label(pid, r.answer, r.labeler, r.seconds, r.model_version)
+        store.set_meta("imported_from", str(db))
+    return len(records)
+
+
 # --- entry points -------------------------------------------------------------------
 
 
 def check_run_config(cfg: TrainConfig) -> None:
     """Checks that need the env: raise ConfigError/EnvError with a one-line fix."""
     cfg.validate()
+    if cfg.labels is not None and not cfg.labels.is_file():
+        raise ConfigError(f"--labels {cfg.labels} does not exist; pass RUN_DIR/labels.sqlite of an earlier run")
+    if cfg.reward_model is not None:
+        ensemble_file(cfg.reward_model)
     make_env(cfg.env).close()  # unknown id, unsupported spaces, no time limit: fail before writing anything
     limit = episode_limit(cfg.env)
     if cfg.reward_source == "learned" and limit is not None and cfg.feedback.clip_length > limit:
@@ -473,6 +597,10 @@ def check_run_config(cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig) -> RunResult:
     """Start a new run; its folder must not exist."""
     check_run_config(cfg)
+    if cfg.reward_model is not None:
+        cfg = reward_config_of(cfg.reward_model, cfg)
+    if cfg.labels is not None:
+        LabelStore(cfg.labels).close()  # not a store, or a newer schema: say so before making a folder
     run_dir = cfg.run_dir or cfg.results_dir / run_name(cfg)
     try:
         run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import pytest
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))
 import demo  # noqa: E402
+from prefrl.labels.store import LabelStore  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,7 +46,9 @@ def _wait(page, js: str, arg=None, timeout: float = 20.0, what: str = "condition
 
 
 def _shown_pair(page) -> int:
-    return int(_wait(page, MARKER, what="the pair marker")["pair"])
+    """The pair on screen (waits for one: the empty page has a marker without a pair)."""
+    marker = _wait(page, f"() => {{ const m = ({MARKER})(); return m && m.pair ? m : null; }}", what="a pair on screen")
+    return int(marker["pair"])
 
 
 def _wait_playing(page) -> list[dict]:
@@ -118,3 +121,24 @@ def test_label_page_in_chromium(tmp_path):
         assert 0 < seconds < 120, (pair_id, seconds)
         assert (rule, version) == ("disagreement", pair_version), pair_id
     assert (tmp_path / "label_page.png").stat().st_size > 0
+
+
+def test_empty_run_page_refreshes_itself_when_pairs_arrive(tmp_path):
+    sync_api = _chromium()
+    run = tmp_path / "run"
+    demo.make_run(run, pairs=0, length=8, side=32)
+    with demo.serve(run, tmp_path / "streamlit.log") as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=demo.CHROMIUM, args=demo.CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/?labeler=dave", wait_until="domcontentloaded")
+            page.get_by_text("no pending pairs yet").wait_for(timeout=20_000)
+            with LabelStore(run / "labels.sqlite") as store:  # the trainer, at a rollout end
+                store.add_clip("c001", 1, 0.0, 8, "clips/c001.npz", video="clips/c000.mp4")
+                [pair] = store.add_pairs([("c000", "c001")], "random", model_version=0)
+            t = time.monotonic()
+            assert _shown_pair(page) == pair  # no click: the page looks again every few seconds
+            assert time.monotonic() - t < 15
+            _wait_playing(page)
+        finally:
+            browser.close()

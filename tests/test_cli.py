@@ -120,3 +120,34 @@ def test_help_explains_flags():
     for flag in ("--env", "--total-labels", "--schedule", "--sampler", "--teacher", "--ensemble-size",
                  "--clip-length", "--fixed-horizon", "--torch-threads", "--random-answer-prob"):
         assert flag in r.stdout
+
+
+def test_labels_and_reward_model_are_reused_without_new_labels(tmp_path):
+    src = tmp_path / "src"
+    assert prefrl("train", "--run-dir", str(src), *TINY).returncode == 0
+    r = prefrl("train", "--run-dir", str(tmp_path / "from_labels"), *TINY, "--labels", str(src / "labels.sqlite"))
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(tmp_path / "from_labels" / "labels.sqlite") as db:
+        copied = db.execute("SELECT l.answer, l.labeler, p.left_clip, p.right_clip FROM labels l "
+                            "JOIN pairs p ON p.id = l.pair_id ORDER BY l.id").fetchall()
+    with sqlite3.connect(src / "labels.sqlite") as db:
+        original = db.execute("SELECT l.answer, l.labeler, p.left_clip, p.right_clip FROM labels l "
+                              "JOIN pairs p ON p.id = l.pair_id WHERE l.answer != 'cant_tell' ORDER BY l.id").fetchall()
+    assert copied == original  # the same labels, with provenance, and none asked anew
+    r = prefrl("train", "--run-dir", str(tmp_path / "from_model"), *TINY, "--reward-model", str(src))
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(tmp_path / "from_model" / "labels.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 0
+    bad = prefrl("train", "--run-dir", str(tmp_path / "x"), *TINY, "--env", "CartPole-v1", "--reward-model", str(src))
+    assert bad.returncode != 0 and "trained on Pendulum-v1, not CartPole-v1" in bad.stderr
+
+
+def test_human_labeler_with_oracle_fill_writes_videos_and_mixes_labels(tmp_path):
+    run = tmp_path / "run"
+    r = prefrl("train", "--run-dir", str(run), *TINY, "--labeler", "human", "--oracle-fill")
+    assert r.returncode == 0, r.stderr
+    assert f"prefrl app {run}" in r.stderr
+    assert list((run / "clips").glob("*.mp4"))
+    with sqlite3.connect(run / "labels.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM clips WHERE video IS NULL").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] > 0

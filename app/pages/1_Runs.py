@@ -86,8 +86,7 @@ def _labels(run: Path) -> None:
     if not records:
         st.info("no labels yet")
         return
-    df = pd.DataFrame([r._asdict() for r in records])
-    df["answer"] = df["answer"].map(lambda a: a.value)
+    df = pd.DataFrame([{**r._asdict(), "answer": r.answer.value} for r in records])
     t0 = df["created"].min()
     df["minutes"] = (df["created"] - t0) / 60.0
 
@@ -119,6 +118,7 @@ def _labels(run: Path) -> None:
 
 
 def main() -> None:
+    shared.warn_if_exposed()
     run = shared.choose_run()
     if run is None:
         return
