@@ -80,8 +80,6 @@ def _train(argv: list[str]) -> int:
 
 
 def _app(argv: list[str]) -> int:
-    import subprocess
-
     ap = argparse.ArgumentParser(prog="prefrl app", description="Open the Streamlit labeling app on a run folder.")
     ap.add_argument("run_dir", nargs="?", type=Path, help="run folder (default: the newest under --results)")
     ap.add_argument("--results", type=Path, default=Path("results"), help="folder of run folders")
@@ -99,7 +97,8 @@ def _app(argv: list[str]) -> int:
            "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--", *app_args]
     print(f"labeling app: http://{args.address}:{args.port}  (Ctrl+C to stop)", flush=True)
-    return subprocess.call(cmd)
+    os.execv(sys.executable, cmd)  # become the server, so a signal to this process stops it
+    return 0
 
 
 def parse_train_config(argv: list[str]):

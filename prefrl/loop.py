@@ -193,7 +193,8 @@ class Trainer:
               f"    prefrl app {self.run_dir}\n", file=sys.stderr, flush=True)
         from tqdm import tqdm
 
-        with tqdm(total=want, initial=have, desc="labels", unit="label", file=sys.stderr) as bar:
+        with tqdm(total=want, initial=have, desc="labels", unit="label", file=sys.stderr,
+                  disable=not self.cfg.progress_bar) as bar:
             while have < want:
                 if fb.oracle_fill:
                     self._fill_pending()

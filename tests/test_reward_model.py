@@ -47,7 +47,7 @@ def oracle_data(n: int, t: int = 10, discrete: bool = False, seed: int = 0, targ
     return PreferenceData(np.arange(n), ol, al, orr, ar, y)
 
 
-def make(cfg: RewardConfig = RewardConfig(), act_space: gym.Space = BOX, seed: int = 0) -> tuple[RewardEnsemble, RewardTrainer]:
+def make(cfg: RewardConfig = RewardConfig(use_actions=True), act_space: gym.Space = BOX, seed: int = 0) -> tuple[RewardEnsemble, RewardTrainer]:
     ens = RewardEnsemble(OBS, act_space, cfg, seed=seed)
     return ens, RewardTrainer(ens, cfg, seed=seed)
 
@@ -106,7 +106,7 @@ def test_ensemble_learns_a_known_reward(discrete: bool) -> None:
 
 
 def test_each_member_is_normalised_over_the_data() -> None:
-    cfg = RewardConfig(output_std=2.0)
+    cfg = RewardConfig(use_actions=True, output_std=2.0)
     ens, trainer = make(cfg)
     data = oracle_data(100)
     trainer.fit(data, epochs=10)
@@ -122,7 +122,7 @@ def test_each_member_is_normalised_over_the_data() -> None:
 
 
 def test_adaptive_l2_rises_when_overfitting() -> None:
-    cfg = RewardConfig()
+    cfg = RewardConfig(use_actions=True)
     ens, trainer = make(cfg)
     stats = trainer.fit(oracle_data(40, target="noise"), epochs=60)
     assert stats.val_loss > 1.5 * stats.train_loss
@@ -130,7 +130,7 @@ def test_adaptive_l2_rises_when_overfitting() -> None:
 
 
 def test_adaptive_l2_falls_when_val_matches_train() -> None:
-    cfg = RewardConfig(l2=1e-2)
+    cfg = RewardConfig(use_actions=True, l2=1e-2)
     ens, trainer = make(cfg)
     stats = trainer.fit(oracle_data(200, target="equal"), epochs=20)  # both losses ~log 2
     assert stats.val_loss == pytest.approx(stats.train_loss, rel=0.1)
@@ -139,7 +139,7 @@ def test_adaptive_l2_falls_when_val_matches_train() -> None:
 
 
 def test_fixed_l2_without_adaptation() -> None:
-    cfg = RewardConfig(adapt_l2=False, l2=3e-3)
+    cfg = RewardConfig(use_actions=True, adapt_l2=False, l2=3e-3)
     assert make(cfg)[1].fit(oracle_data(40, target="noise"), epochs=5).l2 == pytest.approx(3e-3)
 
 
@@ -170,7 +170,7 @@ def test_bootstrap_makes_identical_members_differ() -> None:
 
 def test_same_seed_same_result() -> None:
     data = oracle_data(100)
-    cfg = RewardConfig(dropout=0.2)
+    cfg = RewardConfig(use_actions=True, dropout=0.2)
     runs = [make(cfg, seed=s) for s in (0, 0, 1)]
     stats = [trainer.fit(data, epochs=5) for _, trainer in runs]
     assert stats[0] == stats[1] and stats[0] != stats[2]
@@ -180,7 +180,7 @@ def test_same_seed_same_result() -> None:
 
 
 def test_state_dict_round_trip() -> None:
-    cfg = RewardConfig(dropout=0.1)
+    cfg = RewardConfig(use_actions=True, dropout=0.1)
     data = oracle_data(100)
     ens, trainer = make(cfg)
     trainer.fit(data, epochs=5)
@@ -221,7 +221,7 @@ def test_discrete_actions_are_one_hot() -> None:
 
 
 def test_dropout_is_active_in_training_only() -> None:
-    ens, trainer = make(RewardConfig(dropout=0.5))
+    ens, trainer = make(RewardConfig(use_actions=True, dropout=0.5))
     trainer.fit(oracle_data(50), epochs=2)
     obs, acts = random_steps(np.random.default_rng(0), (16,), False)
     x = ens.features(obs, acts)
@@ -236,6 +236,6 @@ def test_dropout_is_active_in_training_only() -> None:
 
 
 def test_unfitted_ensemble_predicts_without_stats() -> None:
-    ens, _ = make(replace(RewardConfig(), ensemble_size=1))
+    ens, _ = make(replace(RewardConfig(use_actions=True), ensemble_size=1))
     mean, std = ens.predict(*random_steps(np.random.default_rng(0), (4,), False))
     assert mean.shape == (4,) and np.all(std == 0)
