@@ -98,6 +98,7 @@ class Trainer:
         self.pending_rows: list[dict] = []
         self._clip_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.phase_seconds: dict[str, float] = {}
+        self.initial_policy_steps = 0  # env steps of the untrained policy for the first clips (not PPO steps)
 
         fb = cfg.feedback
         self.human = self.learned and fb.labeler == "human" and not (cfg.labels or cfg.reward_model)
@@ -365,7 +366,7 @@ class Trainer:
         state = dict(env_steps=step, rollouts=self.rollouts, wall_seconds=self.wall_seconds, finished=finished,
                      labels=self.store.count_labels() if self.learned else 0,
                      rng=self.rng.bit_generator.state, fit=self.fit._asdict(),
-                     labels_at_fit=self.labels_at_fit)
+                     labels_at_fit=self.labels_at_fit, initial_policy_steps=self.initial_policy_steps)
         (tmp / "state.json").write_text(json.dumps(state, default=float))
         if final.exists():  # same step checkpointed twice (e.g. the final one): replace it whole
             shutil.rmtree(final)
@@ -403,6 +404,7 @@ class Trainer:
             self.reward_trainer.load_state_dict(torch.load(latest / "reward_trainer.pt", weights_only=True))
             self.fit = FitStats(**state["fit"])
             self.labels_at_fit = state["labels_at_fit"]
+        self.initial_policy_steps = state.get("initial_policy_steps", 0)
         self.rng.bit_generator.state = state["rng"]
         self.rollouts = state["rollouts"]
         self.wall_before = state["wall_seconds"]
@@ -452,6 +454,7 @@ class Trainer:
                            self.model.num_timesteps, self.wall_seconds, peak_rss_mb())
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in result._asdict().items()}
         summary["eval_returns"] = returns.tolist()
+        summary["initial_policy_steps"] = self.initial_policy_steps
         summary["phase_seconds"] = {k: round(v, 2) for k, v in self.phase_seconds.items()}
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
         if self.progress_path.exists():
