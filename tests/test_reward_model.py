@@ -239,3 +239,16 @@ def test_unfitted_ensemble_predicts_without_stats() -> None:
     ens, _ = make(replace(RewardConfig(use_actions=True), ensemble_size=1))
     mean, std = ens.predict(*random_steps(np.random.default_rng(0), (4,), False))
     assert mean.shape == (4,) and np.all(std == 0)
+
+
+def test_fast_predict_matches_the_torch_members() -> None:
+    """predict() runs in numpy on views of the parameters; it must equal the torch path, also after a fit."""
+    ens, trainer = make(RewardConfig(use_actions=True, output_std=2.0))
+    rng = np.random.default_rng(3)
+    obs, acts = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(5, 1)).astype(np.float32)
+    for _ in range(2):
+        r = ens.member_rewards(ens.features(obs, acts)).detach().numpy()
+        mean, std = ens.predict(obs, acts)
+        np.testing.assert_allclose(mean, r.mean(0), atol=1e-5)
+        np.testing.assert_allclose(std, r.std(0), atol=1e-5)
+        trainer.fit(oracle_data(40, t=6, seed=4), epochs=3)  # weights and stats change in place
