@@ -57,8 +57,8 @@ class ClipRecorder(VecEnvWrapper):
         self.steps = 0  # env steps seen by this recorder, across all envs
         n, T = venv.num_envs, clip_length
         self._obs_buf = np.zeros((n, T, *venv.observation_space.shape), dtype=np.float32)
-        self._act_buf = np.zeros((n, T, *action_array(venv.action_space, venv.action_space.sample()).shape[1:]),
-                                 dtype=action_array(venv.action_space, venv.action_space.sample()).dtype)
+        act = action_array(venv.action_space, venv.action_space.sample())  # shape and dtype as stored
+        self._act_buf = np.zeros((n, T, *act.shape[1:]), dtype=act.dtype)
         self._rew_buf = np.zeros((n, T), dtype=np.float32)
         self._frames: list[list[np.ndarray]] = [[] for _ in range(n)]
         self._cursor = np.zeros(n, dtype=np.int64)

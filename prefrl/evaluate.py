@@ -40,6 +40,8 @@ def evaluate(policy: Policy, env_cfg: EnvConfig, episodes: int = 10, seed0: int 
 
 def random_policy(env_cfg: EnvConfig, seed: int = EVAL_SEED) -> Policy:
     """Uniform random actions, seeded: the score that normalises to 0."""
-    space = make_env(env_cfg).action_space
+    env = make_env(env_cfg)
+    space = env.action_space
+    env.close()
     space.seed(seed)
     return lambda obs: space.sample()

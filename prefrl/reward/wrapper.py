@@ -52,4 +52,4 @@ class LearnedReward(VecEnvWrapper):
                 info["learned_episode_return"] = float(self._episode[i])
                 self._episode[i] = 0.0
         self._obs = np.asarray(obs)
-        return obs, rews.astype(np.float32), dones, infos
+        return obs, rews, dones, infos
