@@ -89,6 +89,20 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 """Flags that work for Debian's chromium on these machines (see ../shared/STACK.md)."""
 
 
+@contextmanager
+def open_page(pw, url: str) -> Iterator[tuple[object, list[str]]]:
+    """Debian's chromium via Playwright `pw`, one page at `url`; yields (page, page errors seen); closes it."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url, wait_until="domcontentloaded")
+        yield page, errors
+    finally:
+        browser.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

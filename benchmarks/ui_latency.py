@@ -68,10 +68,7 @@ def measure(answers: int, workdir: Path) -> tuple[list[float], dict]:
     load_before = os.getloadavg()
     times: list[float] = []
     with demo.serve(run, workdir / "streamlit.log") as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=demo.CHROMIUM, args=demo.CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url, wait_until="domcontentloaded")
+        with demo.open_page(pw, url) as (page, errors):
             page.get_by_label("Labeler name").fill("bench")
             page.get_by_role("button", name="Start labeling").click()
             page.wait_for_function("() => document.querySelector('.prefrl-render')", timeout=30_000)
@@ -83,8 +80,6 @@ def measure(answers: int, workdir: Path) -> tuple[list[float], dict]:
                 out = page.evaluate(WAIT_NEXT, old)
                 times.append(out["ms"])
             page.screenshot(path=str(workdir / "last.png"))
-        finally:
-            browser.close()
     info = {"build_s": build, "load_before": load_before, "load_after": os.getloadavg()}
     return times, info
 

@@ -66,7 +66,7 @@ def _train(argv: list[str]) -> int:
     pre.add_argument("--resume", type=Path)
     known, rest = pre.parse_known_args(argv)
 
-    from prefrl.loop import RunResult, resume, train
+    from prefrl.loop import resume, train
 
     if known.resume is not None:
         if rest and rest != ["--no-progress-bar"]:

@@ -203,10 +203,6 @@ class TrainConfig:
     """Show a progress bar."""
 
     @property
-    def n_envs(self) -> int:
-        return self.env.n_envs
-
-    @property
     def rollout_steps(self) -> int:
         """Env steps per PPO rollout across all envs."""
         return self.ppo.n_steps * self.env.n_envs

@@ -99,8 +99,9 @@ def make_env(cfg: EnvConfig, render: bool = False) -> gym.Env:
 
 def make_vec_env(cfg: EnvConfig, seed: int, render: bool = False) -> VecEnv:
     """n_envs copies under Monitor, seeded seed, seed+1, ..."""
-    make_env(cfg, render).close()  # fail fast, in this process, with a clear error
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" and cfg.n_envs > 1 else DummyVecEnv
+    if vec_cls is SubprocVecEnv:
+        make_env(cfg, render).close()  # fail here with a clear error, not inside a worker process
     env_fn: Callable[[], gym.Env] = lambda: make_env(cfg, render)  # noqa: E731
     return sb3_make_vec_env(env_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=vec_cls)
 

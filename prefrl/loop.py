@@ -152,7 +152,7 @@ class Trainer:
                    verbose=0)
 
     def _disagreement_ready(self) -> bool:
-        return self.ensemble is not None and self.ensemble.fitted and self.cfg.reward.ensemble_size > 1
+        return self.ensemble is not None and self.ensemble.fitted  # the sampler itself handles a 1-member ensemble
 
     # --- phases -------------------------------------------------------------------
 

@@ -72,12 +72,7 @@ def test_label_page_in_chromium(tmp_path):
     db = run / "labels.sqlite"
 
     with demo.serve(run, tmp_path / "streamlit.log") as url, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=demo.CHROMIUM, args=demo.CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(url, wait_until="domcontentloaded")
+        with demo.open_page(pw, url) as (page, errors):
 
             page.get_by_label("Labeler name").fill("bad name!")
             page.get_by_role("button", name="Start labeling").click()
@@ -109,8 +104,6 @@ def test_label_page_in_chromium(tmp_path):
             _wait_playing(page)  # the prefetched pair plays too
             page.screenshot(path=str(tmp_path / "label_page.png"), full_page=True)
             assert not errors, errors
-        finally:
-            browser.close()
 
     con = sqlite3.connect(db)
     rows = con.execute("SELECT l.pair_id, l.answer, l.labeler, l.seconds, l.model_version, p.rule, p.model_version "
@@ -128,10 +121,7 @@ def test_empty_run_page_refreshes_itself_when_pairs_arrive(tmp_path):
     run = tmp_path / "run"
     demo.make_run(run, pairs=0, length=8, side=32)
     with demo.serve(run, tmp_path / "streamlit.log") as url, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=demo.CHROMIUM, args=demo.CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/?labeler=dave", wait_until="domcontentloaded")
+        with demo.open_page(pw, f"{url}/?labeler=dave") as (page, errors):
             page.get_by_text("no pending pairs yet").wait_for(timeout=20_000)
             with LabelStore(run / "labels.sqlite") as store:  # the trainer, at a rollout end
                 store.add_clip("c001", 1, 0.0, 8, "clips/c001.npz", video="clips/c000.mp4")
@@ -140,5 +130,3 @@ def test_empty_run_page_refreshes_itself_when_pairs_arrive(tmp_path):
             assert _shown_pair(page) == pair  # no click: the page looks again every few seconds
             assert time.monotonic() - t < 15
             _wait_playing(page)
-        finally:
-            browser.close()

@@ -147,12 +147,7 @@ def test_browser_labels_during_training_refit_the_reward_model(tmp_path):
         _wait_for(lambda: _healthy(url), 60, f"the app on {url}", procs)
 
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=demo.CHROMIUM, args=demo.CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(url, wait_until="domcontentloaded")
+            with demo.open_page(pw, url) as (page, errors):
                 page.get_by_label("Labeler name").fill(LABELER)
                 page.get_by_role("button", name="Start labeling").click()
 
@@ -179,8 +174,6 @@ def test_browser_labels_during_training_refit_the_reward_model(tmp_path):
                     _wait_for(lambda: page.evaluate(MOVED_ON, str(pair)),
                               30, f"the page to move on from pair {pair}", {"the app": (app, app_log)}, poll=0.05)
                 assert not errors, errors
-            finally:
-                browser.close()
         rc = trainer.wait(30)
         assert rc == 0, f"the trainer exited with {rc}:\n{_tail(train_log)}"
     finally:
