@@ -24,11 +24,26 @@ class EnvError(ValueError):
     """An env that prefrl cannot use; the message says how to fix it."""
 
 
+def register_envs(env_id: str = "") -> None:
+    """Register ids that live outside gymnasium: ours (`prefrl/...`, in envs/) and ALE's.
+
+    Imported lazily so classic-control runs never pay for ale_py or our envs.
+    """
+    if env_id.startswith("prefrl/") or not env_id:
+        import envs  # noqa: F401  (registers prefrl/... ids)
+    if env_id.startswith("ALE/") or not env_id:
+        import ale_py
+
+        gym.register_envs(ale_py)
+
+
 def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     """Look up a registered id, suggesting close ids for a typo."""
+    register_envs(env_id)
     try:
         return gym.spec(env_id)
     except gym.error.Error:
+        register_envs()  # so a typo can be matched against every id we know
         close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.pprint_registry() for ids"
         raise EnvError(f"unknown env id '{env_id}'; {hint}") from None
@@ -57,6 +72,7 @@ class AbsorbAfterTermination(gym.Wrapper):
         self.max_steps = max_steps
         self._t = 0
         self._absorbed: Optional[Any] = None
+        self._absorbed_info: dict[str, Any] = {}
 
     def reset(self, **kwargs):
         self._t = 0
@@ -66,10 +82,12 @@ class AbsorbAfterTermination(gym.Wrapper):
     def step(self, action):
         self._t += 1
         if self._absorbed is not None:
-            return self._absorbed, 0.0, False, self._t >= self.max_steps, {"absorbed": True}
+            return self._absorbed, 0.0, False, self._t >= self.max_steps, self._absorbed_info
         obs, rew, terminated, truncated, info = self.env.step(action)
         if terminated:
             self._absorbed = obs
+            # the last real info (episode metrics such as points won) stays visible to Monitor
+            self._absorbed_info = {**info, "absorbed": True}
         return obs, rew, False, truncated or self._t >= self.max_steps, info
 
 
@@ -103,7 +121,23 @@ def make_vec_env(cfg: EnvConfig, seed: int, render: bool = False) -> VecEnv:
     if vec_cls is SubprocVecEnv:
         make_env(cfg, render).close()  # fail here with a clear error, not inside a worker process
     env_fn: Callable[[], gym.Env] = lambda: make_env(cfg, render)  # noqa: E731
-    return sb3_make_vec_env(env_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=vec_cls)
+    return sb3_make_vec_env(env_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=vec_cls,
+                            monitor_kwargs={"info_keywords": episode_metrics(cfg.env)})
+
+
+def episode_metrics(env_id: str) -> tuple[str, ...]:
+    """Per-episode numbers an env reports in its final `info` (declared in its metadata as
+    "episode_metrics", e.g. points won or rally length); Monitor copies them into episode infos."""
+    spec = env_spec(env_id)
+    entry = spec.entry_point
+    if callable(entry):
+        cls = entry
+    else:
+        import importlib
+
+        mod, _, name = str(entry).partition(":")
+        cls = getattr(importlib.import_module(mod), name)
+    return tuple(getattr(cls, "metadata", {}).get("episode_metrics", ()))
 
 
 def action_array(act_space: gym.Space, actions: np.ndarray) -> np.ndarray:

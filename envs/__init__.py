@@ -1,0 +1,1 @@
+"""prefrl's own gymnasium tasks, registered as `prefrl/<Name>-v0` on import."""
