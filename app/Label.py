@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 import streamlit as st
+from streamlit.runtime.media_file_storage import MediaFileStorageError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shared  # noqa: E402
-from prefrl.labels.store import Answer, DuplicateLabel, LabelStore, Pair, StoreError  # noqa: E402
+from prefrl.labels.store import Answer, LabelStore, Pair, StoreBusy, StoreError  # noqa: E402
 
 st.set_page_config(page_title="prefrl: label", page_icon=":material/compare:", layout="wide")
 
@@ -113,17 +114,11 @@ def _answer(run: str, labeler: str, pair_id: int, answer: str) -> None:
     s = _state()
     shown = s.setdefault("shown", {})
     seconds = max(time.time() - shown.get(pair_id, time.time()), 1e-3)
-    try:
-        with LabelStore(Path(run) / shared.DB_NAME, timeout=5.0) as store:
-            pair = store.get_pair(pair_id)
-            version = max(pair.model_version, int(store.get_meta(shared.MODEL_VERSION_KEY, "0") or 0))
-            store.add_label(pair_id, answer, labeler, seconds, version)
-    except DuplicateLabel:
-        _flash("warning", f"pair {pair_id} was already answered; moving on")
-    except StoreError as exc:
-        _flash("error", str(exc))
-    else:
+    kind, text = shared.save_answer(Path(run), labeler, pair_id, answer, seconds)
+    if kind == "ok":
         s["last"] = (pair_id, Answer(answer), seconds)
+    else:
+        _flash(kind, text)
     if s.get("focus") == pair_id:
         s["focus"] = None
     shown.pop(pair_id, None)
@@ -139,6 +134,9 @@ def _undo(run: str, labeler: str) -> None:
                 return
             last = mine[-1]
             store.delete_label(last.id, labeler)
+    except StoreBusy:
+        _flash("error", "the label store is busy (the trainer is writing); nothing was undone, press undo again")
+        return
     except StoreError as exc:
         _flash("error", str(exc))
         return
@@ -235,15 +233,28 @@ def _videos(store: LabelStore, run: Path, pair: Optional[Pair], slot: int) -> li
             except StoreError as exc:
                 missing.append(str(exc))
                 continue
-            path = None if clip.video is None else run / clip.video
-            if path is None or not path.is_file():
-                what = "has no video (rendered without --render-clips?)" if path is None else f"video {path} is missing"
+            try:
+                path = None if clip.video is None else shared.video_path(run, clip.video)
+            except StoreError as exc:
+                missing.append(f"{side} clip {clip_id}: {exc}")
+                st.error(f"{side} clip {clip_id}: {exc}")
+                continue
+            what = None
+            if path is None:
+                what = "has no video (rendered without --render-clips?)"
+            elif not path.is_file():
+                what = f"video {run / clip.video} is missing"
+            else:
+                try:  # alt keeps the two sides and slots apart (st.video has no key); it is the same whether the
+                    # slot is visible or not, so flipping slots keeps the very same <video> elements.
+                    st.video(str(path), autoplay=True, muted=True, loop=True,
+                             alt=f"{side} clip {clip_id} (slot {slot})")
+                except (OSError, MediaFileStorageError):  # deleted between the check and Streamlit's read
+                    what = f"video {run / clip.video} is missing"
+            if what is not None:
                 missing.append(f"{side} clip {clip_id}: {what}")
                 st.error(f"{side} clip {clip_id}: {what}")
                 continue
-            # alt keeps the two sides and slots apart (st.video has no key); it is the same whether the
-            # slot is visible or not, so flipping slots keeps the very same <video> elements.
-            st.video(str(path), autoplay=True, muted=True, loop=True, alt=f"{side} clip {clip_id} (slot {slot})")
             st.caption(f"{side} · clip {clip_id}")
     return missing
 
@@ -277,8 +288,8 @@ def _wait_for_pairs(run: str, labeler: str) -> None:
 def main() -> None:
     s = _state()
     s["render_n"] = s.get("render_n", 0) + 1
+    shared.guard()
     st.html(KEY_SCRIPT, unsafe_allow_javascript=True)
-    shared.warn_if_exposed()
     run = shared.choose_run()
     if run is None:
         return

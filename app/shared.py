@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hmac
 import os
 import re
 import statistics
@@ -22,7 +23,7 @@ from typing import NamedTuple, Optional
 
 import streamlit as st
 
-from prefrl.labels.store import Answer, LabelRecord, LabelStore, StoreError
+from prefrl.labels.store import Answer, DuplicateLabel, LabelRecord, LabelStore, StoreBusy, StoreError, run_file
 
 DB_NAME = "labels.sqlite"
 LABELER_RE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
@@ -30,6 +31,10 @@ ANSWER_TEXT = {Answer.LEFT: "left is better", Answer.RIGHT: "right is better", A
                Answer.CANT_TELL: "can't tell"}
 RUN_KEY = "run_dir"
 """Session-state key of the chosen run folder (a str); tests set it directly."""
+TOKEN_ENV = "PREFRL_APP_TOKEN"
+"""Environment variable with the shared access token (`prefrl app` sets it; never on the command line, where
+other users of the machine could read it)."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 # --- which run --------------------------------------------------------------------------
@@ -99,12 +104,66 @@ def choose_run() -> Optional[Path]:
     return Path(current)
 
 
-def warn_if_exposed() -> None:
-    """Say so in the sidebar when the server listens beyond this machine (no --server.address 127.0.0.1)."""
+def guard() -> None:
+    """Stop the page (st.stop) unless this browser may use it.
+
+    Listening on 127.0.0.1 (the default of `prefrl app`), anyone on this machine may. Listening anywhere else
+    (or on every interface, Streamlit's own default), only a browser that brought the shared access token in
+    its URL (`?token=...`, printed by `prefrl app --address ...`); with no token configured the app refuses
+    to show anything. The token is checked once per browser session and kept in session state.
+    """
     address = st.get_option("server.address")
-    if address not in ("127.0.0.1", "localhost", "::1"):
-        st.sidebar.warning(f"The app listens on {address or 'all interfaces'}: anyone who can reach this machine "
-                           "can label. Restart with `--server.address 127.0.0.1` (as `make app` does).")
+    token = os.environ.get(TOKEN_ENV, "")
+    exposed = address not in LOOPBACK
+    if not token:
+        if exposed:
+            st.error(f"This app listens on {address or 'all interfaces'} without an access token, so it shows "
+                     "nothing. Start it with `prefrl app RUN_DIR` (this machine only) or `prefrl app RUN_DIR "
+                     "--address ADDRESS`, which prints a URL with a token.")
+            st.stop()
+        return
+    if not st.session_state.get("_token_ok"):
+        given = st.query_params.get("token", "")
+        if not (given and hmac.compare_digest(given.encode(), token.encode())):
+            st.error("This app needs its access token: open the URL that `prefrl app` printed "
+                     "(it ends in `?token=...`), or ask whoever started it.")
+            st.stop()
+        st.session_state["_token_ok"] = True
+    if exposed:
+        st.sidebar.caption(f"Listening on {address or 'all interfaces'}; only browsers with the access token "
+                           "can label.")
+
+
+
+def video_path(run: Path, rel: str) -> Path:
+    """A clip's video as stored in labels.sqlite, refused (StoreError) when it leads outside the run folder:
+    the app serves this file to the browser, and a label DB may have been handed over."""
+    return run_file(run, rel)
+
+
+def save_answer(run: Path, labeler: str, pair_id: int, answer: str, seconds: float,
+                attempts: int = 3) -> tuple[str, str]:
+    """Write one answer as the label page does; returns (kind, message) for the page: kind is "ok", "warning"
+    (already answered, e.g. a second tab) or "error". A busy store is retried (each try waits up to 5 s for
+    the lock), so "database is locked" never reaches the labeler; nothing is ever overwritten."""
+    if not valid_labeler(labeler):
+        return "error", f"'{labeler}' is not a usable labeler name; change it in the sidebar"
+    for attempt in range(attempts):
+        try:
+            with LabelStore(Path(run) / DB_NAME, timeout=5.0) as store:
+                pair = store.get_pair(pair_id)
+                version = max(pair.model_version, int(store.get_meta(MODEL_VERSION_KEY, "0") or 0))
+                store.add_label(pair_id, answer, labeler, seconds, version)
+            return "ok", f"pair {pair_id}: {answer}"
+        except DuplicateLabel:
+            return "warning", f"pair {pair_id} was already answered; moving on"
+        except StoreBusy:
+            if attempt == attempts - 1:
+                return "error", (f"the label store stayed busy for {5 * attempts} s (the trainer is writing); "
+                                 f"your answer to pair {pair_id} was not saved, press it again")
+        except StoreError as exc:
+            return "error", str(exc)
+    raise AssertionError("unreachable")
 
 
 def open_store(run: Path) -> Optional[LabelStore]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,23 @@ class EnvConfig:
     """Normalise PPO's observations with running statistics (VecNormalize); clips keep raw ones."""
     normalize_reward: bool = True
     """Scale the reward PPO sees by a running return std (VecNormalize), for true and learned reward alike."""
+    continuous_episode: bool = False
+    """No episode end reaches the agent: when the game ends the env resets underneath and the episode goes on
+    (paper A.2, Atari preset), so episode ends leak nothing about the reward; each game's true return is
+    still logged. Use instead of --fixed-horizon, for envs without a time limit."""
+    frame_stack: int = 4
+    """Atari (ALE/...): preprocessed frames per observation. Atari envs always get gymnasium's
+    AtariPreprocessing (84x84 grey, frame skip 4, up to 30 no-op starts, no life-loss signal)."""
+    sticky_actions: float = 0.0
+    """Atari: chance that the previous action repeats (ALE v5's own default is 0.25; the paper's ALE had none)."""
+    blank_score: bool = True
+    """Atari: paint the score area black in what the agent, the reward model and people see (paper A.2)."""
+    terminate_when_unhealthy: bool = True
+    """MuJoCo (Hopper, Walker2d, Ant, Humanoid): False lets a fallen robot carry on, without its survive
+    bonus, to the time limit: termination becomes a penalty the agent must learn (paper A.1)."""
+    hidden_reward_terms: tuple[str, ...] = ()
+    """Info terms a person cannot see, taken out of the true reward (what the oracle labels, PPO-true trains
+    on and evaluation scores), e.g. reward_ctrl: MuJoCo's torque cost (paper A.1; MuJoCo preset)."""
 
 
 @dataclass(frozen=True)
@@ -68,13 +86,18 @@ class PPOConfig:
     sde_sample_freq: int = 4
     """Resample the gSDE noise every this many steps."""
     net_arch: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the policy and value networks."""
+    """Hidden layer sizes of the policy and value networks (after the CNN with CnnPolicy)."""
+    policy: Literal["MlpPolicy", "CnnPolicy"] = "MlpPolicy"
+    """SB3 policy: CnnPolicy (Nature CNN) for image observations such as Atari frame stacks."""
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     """The reward predictor: a flat ensemble of MLPs fit with Bradley-Terry."""
 
+    arch: Literal["mlp", "cnn"] = "mlp"
+    """Member network: `mlp` (leaky ReLU, --hidden) on (obs[, action]), or `cnn`, the paper's Atari predictor on
+    image stacks (conv 7x7/3, 5x5/2, 3x3/1, 3x3/1, 16 filters each, batch norm, --dropout, dense 64)."""
     ensemble_size: int = 3
     """Members of the ensemble, each fit on its own bootstrap resample of the labels."""
     hidden: tuple[int, ...] = (64, 64)
@@ -108,6 +131,9 @@ class RewardConfig:
     """Each member's output is normalised to zero mean and this std before averaging."""
     label_buffer: Optional[int] = None
     """Train on only the newest this many labels (None: all)."""
+    objective: Literal["preference", "target"] = "preference"
+    """`preference`: Bradley-Terry on the labels. `target` (the paper's ablation): regress each labelled clip's
+    TRUE return with the sum of predicted rewards (squared error); same ensemble, same output normalisation."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +184,9 @@ class FeedbackConfig:
     """Equal teacher: `equal` when returns differ by less than this times the batch's return std."""
     myopic_gamma: float = 0.9
     """Myopic teacher: weight gamma^(T-1-t) on step t, so the end of the clip counts most."""
+    video_fps: int = 20
+    """Playback speed of clip videos for people (Atari preset: 15, the paper's 60 Hz with frame skip 4;
+    MuJoCo preset: clip length / 1.5, so every clip plays the paper's 1.5 seconds)."""
     render_clips: bool = False
     """Render frames and write an H.264 MP4 beside each labelled clip (slower; always on for --labeler human)."""
 
@@ -214,6 +243,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, with the fix) on settings that cannot work."""
+        wrong = _type_error(self)  # first, so the checks below compare numbers (config.json may hold anything)
+        if wrong:
+            raise ConfigError(wrong)
         fb, rm, e = self.feedback, self.reward, self.env
         checks = [
             (fb.total_labels > 0 or self.reward_source == "true" or self.labels or self.reward_model,
@@ -247,7 +279,18 @@ class TrainConfig:
             (rm.epochs >= 1 and rm.pretrain_epochs >= 1, "--epochs and --pretrain-epochs must be >= 1"),
             (rm.refit_growth >= 0, f"--refit-growth must be >= 0 (got {rm.refit_growth})"),
             (rm.output_std > 0, f"--output-std must be > 0 (got {rm.output_std})"),
+            (not (rm.arch == "cnn" and rm.use_actions),
+             "--arch cnn sees observations only (the paper's Atari predictor); add --no-use-actions"),
+            (not (e.continuous_episode and e.fixed_horizon),
+             "--continuous-episode replaces --fixed-horizon (both hide episode ends); add --no-fixed-horizon"),
+            (e.frame_stack >= 1, f"--frame-stack must be >= 1 (got {e.frame_stack})"),
+            (0.0 <= e.sticky_actions <= 1.0, f"--sticky-actions must be in [0, 1] (got {e.sticky_actions})"),
+            (not (self.ppo.policy == "CnnPolicy" and e.normalize_obs),
+             "CnnPolicy scales image observations itself; add --no-normalize-obs"),
+            (fb.video_fps >= 1, f"--video-fps must be >= 1 (got {fb.video_fps})"),
             (rm.label_buffer is None or rm.label_buffer >= 2, "--label-buffer must be >= 2 or None"),
+            (rm.objective in ("preference", "target"),
+             f"--objective must be preference or target (got {rm.objective!r})"),
             (e.n_envs >= 1, f"--n-envs must be >= 1 (got {e.n_envs})"),
             (e.n_envs <= 256, f"--n-envs {e.n_envs} is absurd on this machine; use at most 256"),
             (e.max_episode_steps is None or e.max_episode_steps >= 1, "--max-episode-steps must be >= 1"),
@@ -258,6 +301,9 @@ class TrainConfig:
             (0 < self.ppo.gamma <= 1, f"--gamma must be in (0, 1] (got {self.ppo.gamma})"),
             (self.ppo.learning_rate > 0, f"--learning-rate must be > 0 (got {self.ppo.learning_rate})"),
             (self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {self.checkpoint_every})"),
+            (re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", self.exp_name) is not None,
+             f"--exp-name {self.exp_name!r} cannot name a run folder; use 1 to 64 letters, digits, '_', '-' "
+             "or '.' (no '/', not starting with '.')"),
             (self.eval_episodes >= 0, f"--eval-episodes must be >= 0 (got {self.eval_episodes})"),
             (self.torch_threads >= 1, f"--torch-threads must be >= 1 (got {self.torch_threads})"),
         ]
@@ -284,6 +330,64 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source} must hold a JSON object; restore it or start a new run")
         return _from_plain(cls, data, source)
+
+
+def _type_error(obj: Any) -> Optional[str]:
+    """The first field whose value does not fit its annotation (a hand-edited config.json), as a message."""
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            wrong = _type_error(value)
+        elif not _fits(value, hints[f.name]):
+            wrong = (f"--{f.name.replace('_', '-')} must be {_describe(hints[f.name])} (got {value!r}); fix it "
+                     "on the command line or in config.json")
+        else:
+            wrong = None
+        if wrong:
+            return wrong
+    return None
+
+
+def _describe(hint: Any) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, Path):
+        return isinstance(value, hint)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
+    return True
 
 
 def _numbers(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -326,3 +430,93 @@ def _from_plain(cls: type, data: dict, source: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+# --- ablation presets (the paper's Section 3.3): `prefrl ablate --variants ...` ----------------------------------
+# Each preset changes exactly the fields it names, on top of whatever config it is given (the train flags after
+# `prefrl ablate ... --`), so a grid differs between variants in those fields only.
+
+Variant = Callable[[TrainConfig], TrainConfig]
+
+
+def _feedback(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    return dataclasses.replace(cfg, feedback=dataclasses.replace(cfg.feedback, **changes))
+
+
+def _reward(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, **changes))
+
+
+def _full(cfg: TrainConfig) -> TrainConfig:
+    """The full method: online labels, disagreement queries, ensemble, L2, clips (the config as given)."""
+    return cfg
+
+
+def _random_queries(cfg: TrainConfig) -> TrainConfig:
+    """Random pairs instead of the ones the ensemble disagrees on most."""
+    return _feedback(cfg, sampler="random")
+
+
+def _no_ensemble(cfg: TrainConfig) -> TrainConfig:
+    """A single predictor, hence random pairs (there is no disagreement to measure)."""
+    return _reward(_feedback(cfg, sampler="random"), ensemble_size=1)
+
+
+def _offline(cfg: TrainConfig) -> TrainConfig:
+    """Every label from the initial policy before PPO starts; none later (the Pong failure)."""
+    return _feedback(cfg, schedule="offline")
+
+
+def _no_regularization(cfg: TrainConfig) -> TrainConfig:
+    """No L2 on the predictor and no L2 adaptation; dropout and the held-out split as given."""
+    return _reward(cfg, l2=0.0, adapt_l2=False)
+
+
+def _no_segments(cfg: TrainConfig) -> TrainConfig:
+    """Length-1 clips: the same number of labels (two clips each), one step per clip instead of --clip-length."""
+    return _feedback(cfg, clip_length=1)
+
+
+def _target(cfg: TrainConfig) -> TrainConfig:
+    """Regress each labelled clip's true return instead of learning from the comparison."""
+    return _reward(cfg, objective="target")
+
+
+def _teacher(name: str) -> Variant:
+    def preset(cfg: TrainConfig) -> TrainConfig:
+        return _feedback(cfg, teacher=name)
+
+    preset.__name__ = name
+    preset.__doc__ = f"B-Pref's `{name}` synthetic teacher (--teacher {name}; its own parameters as given)."
+    return preset
+
+
+TEACHERS = ("oracle", "stochastic", "mistake", "skip", "equal", "myopic")
+VARIANTS: dict[str, Variant] = {
+    "full": _full, "random_queries": _random_queries, "no_ensemble": _no_ensemble, "offline": _offline,
+    "no_regularization": _no_regularization, "no_segments": _no_segments, "target": _target,
+    **{t: _teacher(t) for t in TEACHERS},
+}
+"""Named presets: name -> function(TrainConfig) -> TrainConfig."""
+VARIANT_GROUPS: dict[str, tuple[str, ...]] = {
+    "paper": ("full", "random_queries", "no_ensemble", "offline", "no_regularization", "no_segments", "target"),
+    "teachers": TEACHERS,
+}
+"""`--variants paper` and `--variants teachers`."""
+
+
+def variant_names(spec: str) -> list[str]:
+    """'paper', 'teachers' or a comma list of preset names (groups allowed inside) -> names, in order, once each."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        for name in VARIANT_GROUPS.get(part, (part,)):
+            if name not in VARIANTS:
+                import difflib
+
+                close = difflib.get_close_matches(name, [*VARIANT_GROUPS, *VARIANTS], n=2, cutoff=0.6)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                raise ConfigError(f"unknown variant '{name}'{hint}; use paper, teachers or names from "
+                                  f"{', '.join(VARIANTS)}")
+            if name not in names:
+                names.append(name)
+    return names

@@ -45,3 +45,58 @@ def random_policy(env_cfg: EnvConfig, seed: int = EVAL_SEED) -> Policy:
     env.close()
     space.seed(seed)
     return lambda obs: space.sample()
+
+
+def checkpoint_policy(run_dir) -> tuple[Policy, "TrainConfig"]:  # noqa: F821
+    """The deterministic policy of a run's latest checkpoint, on raw observations, and the run's config.
+
+    Observations are normalised with the checkpoint's frozen VecNormalize statistics, as in training.
+    """
+    from pathlib import Path
+
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from prefrl.config import TrainConfig
+    from prefrl.loop import RunError, latest_checkpoint, make_ppo
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_json((run_dir / "config.json").read_text())
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunError(f"{run_dir} has no checkpoint yet; let the run reach its first checkpoint")
+    env = DummyVecEnv([lambda: make_env(cfg.env)])  # spaces for the policy; weights only, no pickle
+    model = make_ppo(cfg, env)
+    model.set_parameters(str(ckpt / "ppo.zip"), exact_match=True, device="cpu")
+    env.close()
+    with np.load(ckpt / "vecnormalize.npz") as rms:
+        stats = {k: rms[k] for k in rms.files}
+    mean, std = stats.get("obs_mean"), None if "obs_var" not in stats else np.sqrt(stats["obs_var"] + 1e-8)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = obs if mean is None else np.clip((obs - mean) / std, -10.0, 10.0)  # VecNormalize's defaults
+        return model.predict(x.astype(np.float32), deterministic=True)[0]
+
+    return act, cfg
+
+
+def policy_video(run_dir, out, steps: int = 600, seed: int = EVAL_SEED, fps: int = 30) -> dict:
+    """Render `steps` steps of a run's final policy to an H.264 MP4 at `out`; returns the last step's info
+    (e.g. points won and rally length for MiniPong), so a caption can say what the video shows."""
+    from pathlib import Path
+
+    from prefrl.clips import write_video
+
+    policy, cfg = checkpoint_policy(run_dir)
+    env = make_env(cfg.env, render=True)
+    frames, info = [], {}
+    try:
+        obs, _ = env.reset(seed=seed)
+        for _ in range(steps):
+            frames.append(env.render())
+            obs, _, terminated, truncated, info = env.step(policy(obs))
+            if terminated or truncated:
+                obs, _ = env.reset()
+    finally:
+        env.close()
+    write_video(np.stack(frames), Path(out), fps=fps)
+    return {k: v for k, v in info.items() if np.isscalar(v)}

@@ -13,6 +13,7 @@ step count agree) into a fresh folder that is renamed into place, then pointed t
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -30,15 +32,17 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
-from prefrl.clips import Clip, ClipRecorder, load_clip_arrays, save_clip
+from prefrl.clips import SPILL_BYTES, Clip, ClipRecorder, load_clip_arrays, save_clip
 from prefrl.config import ConfigError, TrainConfig
-from prefrl.envs import EnvError, episode_limit, make_env, make_vec_env
+from prefrl.envs import (EnvError, env_family, episode_limit, episode_metrics, make_env, make_vec_env,
+                         render_backend, state_renderer)
 from prefrl.evaluate import evaluate
 from prefrl.labels.oracle import make_teacher
-from prefrl.labels.store import Answer, DuplicateLabel, LabelStore, StoreError
-from prefrl.reward.model import RewardEnsemble
+from prefrl.labels.store import Answer, DuplicateLabel, LabelStore, StoreError, check_labeler, run_file
+from prefrl.reliability import fault_point
+from prefrl.reward.model import Ensemble, make_ensemble
 from prefrl.reward.train import FitStats, PreferenceData, RewardTrainer
 from prefrl.reward.wrapper import LearnedReward
 from prefrl.sampling import make_sampler
@@ -48,6 +52,9 @@ PROGRESS_COLUMNS = [
     "env_steps", "true_episode_return", "learned_episode_return", "labels", "reward_model_version",
     "rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2", "reward_corr", "wall_seconds",
 ]
+EPISODE_METRIC_PREFIX = "ep_"
+"""progress.csv also gets one column `ep_<name>` per episode metric the env declares (prefrl.envs.episode_metrics,
+e.g. ep_points_won): its mean over the episodes that ended in the rollout (true env numbers, like the true return)."""
 NO_FIT = FitStats(0, math.nan, math.nan, math.nan, math.nan, math.nan)
 
 
@@ -99,16 +106,20 @@ class Trainer:
         self._clip_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.phase_seconds: dict[str, float] = {}
         self.initial_policy_steps = 0  # env steps of the untrained policy for the first clips (not PPO steps)
+        self.episode_metrics = episode_metrics(cfg.env.env)
+        self.columns = PROGRESS_COLUMNS + [EPISODE_METRIC_PREFIX + m for m in self.episode_metrics]
 
         fb = cfg.feedback
         self.human = self.learned and fb.labeler == "human" and not (cfg.labels or cfg.reward_model)
-        venv: VecEnv = make_vec_env(cfg.env, cfg.seed, render=fb.render and self.learned)
+        venv: VecEnv = _FiniteCheck(make_vec_env(cfg.env, cfg.seed, render=fb.render and self.learned), cfg.env.env)
         self.recorder: Optional[ClipRecorder] = None
-        self.ensemble: Optional[RewardEnsemble] = None
+        self.ensemble: Optional[Ensemble] = None
         if self.learned:
             self.store = LabelStore(run_dir / "labels.sqlite")
-            self.recorder = ClipRecorder(venv, fb.clip_length, fb.clip_pool, record_frames=fb.render)
-            self.ensemble = RewardEnsemble(venv.observation_space, venv.action_space, cfg.reward, seed=cfg.seed)
+            # big clips (Atari stacks, frames) wait on disk while in the pool; MuJoCo renders only labelled clips
+            self.recorder = ClipRecorder(venv, fb.clip_length, fb.clip_pool, record_frames=fb.render,
+                                         spill_dir=run_dir / "clip_pool", renderer=state_renderer(cfg.env))
+            self.ensemble = make_ensemble(venv.observation_space, venv.action_space, cfg.reward, seed=cfg.seed)
             if cfg.reward_model and not resuming:
                 self.ensemble.load_state_dict(torch.load(ensemble_file(cfg.reward_model), weights_only=True))
             if cfg.labels and not resuming:
@@ -142,14 +153,7 @@ class Trainer:
     # --- set-up -------------------------------------------------------------------
 
     def _make_ppo(self) -> PPO:
-        p = self.cfg.ppo
-        box = not hasattr(self.venv.action_space, "n")
-        return PPO("MlpPolicy", self.venv, n_steps=p.n_steps, batch_size=p.minibatch_size, n_epochs=p.n_epochs,
-                   learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
-                   ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-                   use_sde=p.use_sde and box, sde_sample_freq=p.sde_sample_freq,
-                   policy_kwargs=dict(net_arch=list(p.net_arch)), seed=self.cfg.seed, device=self.cfg.device,
-                   verbose=0)
+        return make_ppo(self.cfg, self.venv)
 
     def _disagreement_ready(self) -> bool:
         return self.ensemble is not None and self.ensemble.fitted  # the sampler itself handles a 1-member ensemble
@@ -162,6 +166,8 @@ class Trainer:
             print(f"run {self.run_dir} already finished; nothing to do", file=sys.stderr)
         else:
             if self.learned:
+                if not self.human:
+                    self._fill_pending()  # pairs stored just before a kill, never answered: answer them now
                 self.initial_labels()
             remaining = self.cfg.total_timesteps - self.model.num_timesteps
             if remaining > 0:
@@ -187,7 +193,10 @@ class Trainer:
         """The one time training waits on a person: until the first labels are in."""
         fb = self.cfg.feedback
         want = min(self.schedule.initial, fb.wait_labels if fb.wait_labels is not None else self.schedule.initial)
-        have = self.store.count_labels(trainable_only=True)
+        # Only pairs that exist can be answered (max_pending may hold fewer than `initial`), and any answer
+        # counts, can't-tell included: otherwise the wait could never end.
+        want = min(want, self.store.count_pairs())
+        have = self._answered_pairs()
         if have >= want:
             return
         print(f"\nWaiting for {want} labels. Open the labeling app in a browser with:\n\n"
@@ -200,9 +209,12 @@ class Trainer:
                 if fb.oracle_fill:
                     self._fill_pending()
                 time.sleep(0.5)
-                now = self.store.count_labels(trainable_only=True)
+                now = self._answered_pairs()
                 bar.update(now - have)
                 have = now
+
+    def _answered_pairs(self) -> int:
+        return self.store.count_pairs() - self.store.count_pending()
 
     def _rollout_initial_policy(self, clips_wanted: int) -> None:
         """Step the untrained policy (PPO's own initial weights) until enough clips exist."""
@@ -210,7 +222,7 @@ class Trainer:
         obs = self.venv.reset()
         min_steps = self.cfg.rollout_steps
         steps = 0
-        while steps < min_steps or len(self.recorder.pool) < clips_wanted:
+        while steps < min_steps or len(self.recorder.pool) < min(clips_wanted, self.recorder.pool.maxlen):
             actions, _ = self.model.predict(obs, deterministic=False)
             obs, _, _, _ = self.venv.step(actions)
             steps += self.venv.num_envs
@@ -234,7 +246,7 @@ class Trainer:
         version = self.ensemble.version
         for c in {i for ch in choices for i in (ch.left, ch.right)}:
             clip = candidates[c]
-            npz, video = save_clip(clip, self.run_dir)
+            npz, video = save_clip(clip, self.run_dir, fps=self.cfg.feedback.video_fps)
             self.store.add_clip(clip.id, clip.env_step, clip.true_return, len(clip), npz, video)
         rules: dict[str, list] = {}
         for ch in choices:
@@ -242,6 +254,7 @@ class Trainer:
         for rule, chs in rules.items():
             pair_ids = self.store.add_pairs([(candidates[c.left].id, candidates[c.right].id) for c in chs], rule,
                                             version, [c.disagreement for c in chs] if rule != "random" else None)
+            fault_point("gather")
             if self.human:
                 continue  # pending in labels.sqlite until someone answers in the app
             answers = self.teacher.answer(np.stack([candidates[c.left].rews for c in chs]),
@@ -276,6 +289,7 @@ class Trainer:
         data = self._preference_data()
         if data is not None:
             self.labels_at_fit = self.store.count_labels(trainable_only=True)
+            fault_point("refit")
             with self.timed("refit"):
                 self.fit = self.reward_trainer.fit(data, epochs)
             self.store.set_meta("reward_model_version", str(self.ensemble.version))  # the app stamps labels with it
@@ -288,17 +302,22 @@ class Trainer:
         left = [self._clip_arrays(r.left_clip) for r in records]
         right = [self._clip_arrays(r.right_clip) for r in records]
         target = np.array([Answer(r.answer).target for r in records], dtype=np.float32)
+        true_returns = np.array([[lc[2].sum(), rc[2].sum()] for lc, rc in zip(left, right)])  # objective "target"
         return PreferenceData(np.array([r.id for r in records]), np.stack([c[0] for c in left]),
                               np.stack([c[1] for c in left]), np.stack([c[0] for c in right]),
-                              np.stack([c[1] for c in right]), target)
+                              np.stack([c[1] for c in right]), target, true_returns)
 
     def _clip_arrays(self, clip_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(obs, acts, true rews) of a stored clip, read once."""
-        if clip_id not in self._clip_cache:
-            self._clip_cache[clip_id] = load_clip_arrays(self.run_dir / self.store.clip(clip_id).npz)
-        return self._clip_cache[clip_id]
+        """(obs, acts, true rews) of a stored clip; small clips are read once, image clips at every fit."""
+        if clip_id in self._clip_cache:
+            return self._clip_cache[clip_id]
+        arrays = load_clip_arrays(self.run_dir / self.store.clip(clip_id).npz)
+        if arrays[0].nbytes <= SPILL_BYTES:  # image clips are re-read at each fit, so memory stays flat
+            self._clip_cache[clip_id] = arrays
+        return arrays
 
-    def on_rollout_end(self, true_returns: list[float], learned_returns: list[float]) -> None:
+    def on_rollout_end(self, true_returns: list[float], learned_returns: list[float],
+                       metrics: Optional[dict[str, list[float]]] = None) -> None:
         self.rollouts += 1
         step = self.model.num_timesteps
         if self.learned:
@@ -319,9 +338,13 @@ class Trainer:
                    reward_model_version=self.ensemble.version if self.learned else 0,
                    rm_train_acc=self.fit.train_acc, rm_val_acc=self.fit.val_acc, rm_train_loss=self.fit.train_loss,
                    rm_val_loss=self.fit.val_loss, l2=self.fit.l2, wall_seconds=round(self.wall_seconds, 2))
+        for name in self.episode_metrics:
+            row[EPISODE_METRIC_PREFIX + name] = _mean((metrics or {}).get(name, []))
         self.pending_rows.append(row)
         log = self.model.logger
         log.record("charts/true_episode_return", row["true_episode_return"])
+        for name in self.episode_metrics:
+            log.record(f"episode/{name}", row[EPISODE_METRIC_PREFIX + name])
         log.record("charts/learned_episode_return", row["learned_episode_return"])
         log.record("reward/labels", labels)
         for k in ("rm_train_acc", "rm_val_acc", "rm_train_loss", "rm_val_loss", "l2", "reward_corr"):
@@ -332,7 +355,7 @@ class Trainer:
         the reward model tracks the truth where the agent is now (reward hacking shows up here)."""
         if not self.ensemble.fitted or not clips:
             return math.nan
-        clips = clips[-64:]
+        clips = clips[-(64 if self.cfg.reward.arch == "mlp" else 8):]  # a CNN costs ~0.1 ms an image and member
         pred, _ = self.ensemble.predict(np.concatenate([c.obs for c in clips]),
                                         np.concatenate([c.acts for c in clips]))
         true = np.concatenate([c.rews for c in clips])
@@ -359,6 +382,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         self.model.save(tmp / "ppo.zip")
+        fault_point("checkpoint")
         np.savez(tmp / "vecnormalize.npz", **_rms_arrays(self.venv))
         if self.learned:
             torch.save(self.ensemble.state_dict(), tmp / "ensemble.pt")
@@ -366,37 +390,40 @@ class Trainer:
         state = dict(env_steps=step, rollouts=self.rollouts, wall_seconds=self.wall_seconds, finished=finished,
                      labels=self.store.count_labels() if self.learned else 0,
                      rng=self.rng.bit_generator.state, fit=self.fit._asdict(),
-                     labels_at_fit=self.labels_at_fit, initial_policy_steps=self.initial_policy_steps)
+                     labels_at_fit=self.labels_at_fit, initial_policy_steps=self.initial_policy_steps,
+                     ppo_updates=self.model._n_updates,
+                     # the label schedule is a function of (env step, pairs asked); both are kept here
+                     schedule=dict(asked=self.store.count_pairs(), target=self.schedule.target(step),
+                                   total=self.schedule.total) if self.learned else None)
         (tmp / "state.json").write_text(json.dumps(state, default=float))
         if final.exists():  # same step checkpointed twice (e.g. the final one): replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fault_point("checkpoint_pointer")
         _atomic_write(self.ckpt_dir / "latest", final.name)
         for old in sorted(self.ckpt_dir.glob("step_*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def _latest(self) -> Optional[Path]:
-        pointer = self.ckpt_dir / "latest"
-        if not pointer.exists():
-            return None
-        path = self.ckpt_dir / pointer.read_text().strip()
-        if not (path / "state.json").exists():
-            raise RunError(f"checkpoint {path} is incomplete; delete {pointer} to restart the run from its labels")
-        return path
+        return latest_checkpoint(self.run_dir)
 
     def _read_state(self) -> dict:
-        latest = self._latest()
-        return json.loads((latest / "state.json").read_text()) if latest else {}
+        return read_state(self.run_dir)
 
     def _restore(self) -> None:
+        for tmp in self.ckpt_dir.glob(".tmp_*"):  # a checkpoint that a kill cut short
+            shutil.rmtree(tmp, ignore_errors=True)
         latest = self._latest()
         if latest is None:  # killed before the first checkpoint: start PPO again, keep every label
             self._truncate_progress(0)
             return
         state = json.loads((latest / "state.json").read_text())
-        self.model = PPO.load(latest / "ppo.zip", env=self.venv, device=self.cfg.device)
-        self.model.set_logger(configure(str(self.run_dir / "tb"), ["tensorboard"]))
+        # Weights only (torch.load weights_only=True inside): PPO.load would unpickle ppo.zip's `data`, and a run
+        # folder may have been handed over. Everything else PPO needs is in state.json.
+        self.model.set_parameters(str(latest / "ppo.zip"), exact_match=True, device=self.cfg.device)
+        self.model.num_timesteps = state["env_steps"]
+        self.model._n_updates = state.get("ppo_updates", 0)
         with np.load(latest / "vecnormalize.npz") as rms:
             _set_rms(self.venv, rms)
         if self.learned:
@@ -421,10 +448,14 @@ class Trainer:
             return
         new = not self.progress_path.exists()
         with open(self.progress_path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, PROGRESS_COLUMNS)
+            w = csv.DictWriter(fh, self.columns)
             if new:
                 w.writeheader()
-            w.writerows(self.pending_rows)
+            half = len(self.pending_rows) // 2
+            w.writerows(self.pending_rows[:half])
+            fh.flush()
+            fault_point("progress")
+            w.writerows(self.pending_rows[half:])
             fh.flush()
             os.fsync(fh.fileno())
         self.pending_rows.clear()
@@ -434,10 +465,10 @@ class Trainer:
         if not self.progress_path.exists():
             return
         with open(self.progress_path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["env_steps"]) <= env_steps]
+            rows = [r for r in csv.DictReader(fh) if _row_step(r) <= env_steps]
         tmp = self.progress_path.with_name(".progress.csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, PROGRESS_COLUMNS)
+        with open(tmp, "w", newline="") as fh:  # with this code's columns, so the rows appended next line up
+            w = csv.DictWriter(fh, self.columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
         os.replace(tmp, self.progress_path)
@@ -472,6 +503,7 @@ class Trainer:
         self.venv.close()
         if self.learned:
             self.store.close()
+        unlock_run(self.run_dir)
 
 
 class _LoopCallback(BaseCallback):
@@ -482,6 +514,7 @@ class _LoopCallback(BaseCallback):
         self.trainer = trainer
         self.true_returns: list[float] = []
         self.learned_returns: list[float] = []
+        self.metrics: dict[str, list[float]] = {name: [] for name in trainer.episode_metrics}
         self.started = False
 
     def _on_rollout_start(self) -> None:
@@ -495,13 +528,49 @@ class _LoopCallback(BaseCallback):
         for info in self.locals["infos"]:
             if "episode" in info:
                 self.true_returns.append(info["episode"]["r"])
+                for name, values in self.metrics.items():
+                    values.append(float(info["episode"][name]))
             if "learned_episode_return" in info:
                 self.learned_returns.append(info["learned_episode_return"])
         return True
 
     def _on_rollout_end(self) -> None:
-        self.trainer.on_rollout_end(self.true_returns, self.learned_returns)
+        self.trainer.on_rollout_end(self.true_returns, self.learned_returns, self.metrics)
+        fault_point("ppo_update")
         self.true_returns, self.learned_returns = [], []
+        self.metrics = {name: [] for name in self.metrics}
+
+
+class _FiniteCheck(VecCheckNan):
+    """SB3's VecCheckNan on the env's observations and rewards (and PPO's actions), as one EnvError line."""
+
+    def __init__(self, venv: VecEnv, env_id: str):
+        super().__init__(venv, raise_exception=True)
+        self.env_id = env_id
+
+    def _check_val(self, event: str, **kwargs) -> None:
+        for name, value in kwargs.items():
+            value = np.asarray(value)
+            # one isfinite pass per array (integer frames cannot hold NaN: skipped); the details only on failure
+            if name == "dones" or value.dtype.kind not in "fc" or np.isfinite(value).all():
+                continue
+            kind = " and ".join(k for _, k in self.check_array_value(name, value))
+            if event == "step_async":
+                raise RunError(f"PPO produced {kind} in its {name} (training diverged); "
+                               "lower --learning-rate or --max-grad-norm and start a new run")
+            raise EnvError(f"{self.env_id} returned {kind} in its {name} "
+                           f"({'at reset' if event == 'reset' else 'in a step'}); "
+                           "fix the env so its observations and rewards stay finite")
+
+
+def _row_step(row: dict) -> float:
+    """env_steps of a progress.csv row; +inf for a row a kill cut short (missing fields or a torn number)."""
+    if None in row.values() or None in row:
+        return math.inf
+    try:
+        return int(row["env_steps"])
+    except (KeyError, TypeError, ValueError):
+        return math.inf
 
 
 def _mean(xs: list[float]) -> float:
@@ -509,12 +578,15 @@ def _mean(xs: list[float]) -> float:
 
 
 def _rms_arrays(venv: VecNormalize) -> dict[str, np.ndarray]:
-    return dict(obs_mean=venv.obs_rms.mean, obs_var=venv.obs_rms.var, obs_count=venv.obs_rms.count,
-                ret_mean=venv.ret_rms.mean, ret_var=venv.ret_rms.var, ret_count=venv.ret_rms.count)
+    d = dict(ret_mean=venv.ret_rms.mean, ret_var=venv.ret_rms.var, ret_count=venv.ret_rms.count)
+    if venv.norm_obs:  # without it (image observations) VecNormalize keeps no observation statistics
+        d.update(obs_mean=venv.obs_rms.mean, obs_var=venv.obs_rms.var, obs_count=venv.obs_rms.count)
+    return d
 
 
 def _set_rms(venv: VecNormalize, d) -> None:
-    venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = d["obs_mean"], d["obs_var"], float(d["obs_count"])
+    if venv.norm_obs:
+        venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = d["obs_mean"], d["obs_var"], float(d["obs_count"])
     venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["ret_mean"], d["ret_var"], float(d["ret_count"])
 
 
@@ -551,34 +623,124 @@ def reward_config_of(path: Path, cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, reward=src.reward)
 
 
-def import_labels(db: Path, store: LabelStore, run_dir: Path, obs_shape: tuple[int, ...]) -> int:
-    """Copy the trainable labels of another run (clips, pairs, labels, provenance) into this run's store."""
-    src_dir = _source_run(db)
-    with LabelStore(db) as src:
+def check_label_db(db: Path, obs_shape: tuple[int, ...]) -> tuple[Path, list, list]:
+    """--labels: check another run's label DB before anything is written or copied: a prefrl store with usable
+    labels whose clip files exist inside that run and hold observations of this env's shape.
+    Returns (its run folder, its trainable label records, their clip rows)."""
+    with LabelStore(db) as src:  # first: is it a label store at all
         records = src.labels(trainable_only=True)
         if not records:
             raise RunError(f"{db} holds no usable labels (left/right/equal); label some pairs first")
-        clip_ids = {c for r in records for c in (r.left_clip, r.right_clip)}
-        for cid in sorted(clip_ids):
-            row = src.clip(cid)
-            if not (src_dir / row.npz).exists():
-                raise RunError(f"clip file {src_dir / row.npz} is missing; restore it or use another label DB")
-            obs, _, _ = load_clip_arrays(src_dir / row.npz)
-            if obs.shape[1:] != tuple(obs_shape):
-                raise RunError(f"labels in {db} were recorded on observations {obs.shape[1:]}, this env has "
-                               f"{tuple(obs_shape)}; use the same --env as that run")
-            (run_dir / "clips").mkdir(exist_ok=True)
-            shutil.copy2(src_dir / row.npz, run_dir / "clips" / Path(row.npz).name)
-            video = None
-            if row.video and (src_dir / row.video).exists():
-                shutil.copy2(src_dir / row.video, run_dir / "clips" / Path(row.video).name)
-                video = f"clips/{Path(row.video).name}"
-            store.add_clip(cid, row.env_step, row.true_return, row.length, f"clips/{Path(row.npz).name}", video)
-        for r in records:
-            (pid,) = store.add_pairs([(r.left_clip, r.right_clip)], r.rule, r.model_version)
-            store.add_label(pid, r.answer, r.labeler, r.seconds, r.model_version)
-        store.set_meta("imported_from", str(db))
+        rows = [src.clip(c) for c in sorted({c for r in records for c in (r.left_clip, r.right_clip)})]
+    for name in {r.labeler for r in records}:
+        check_labeler(name)
+    src_dir = _source_run(db)
+    for row in rows:
+        npz = run_file(src_dir, row.npz)
+        if not npz.is_file():
+            raise RunError(f"clip file {npz} is missing; restore it or use another label DB")
+        try:
+            obs, _, _ = load_clip_arrays(npz)
+        except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged file
+            raise RunError(f"clip file {npz} is unreadable ({type(exc).__name__}); restore it or use another "
+                           "label DB") from None
+        if obs.shape[1:] != tuple(obs_shape):
+            raise RunError(f"labels in {db} were recorded on observations {obs.shape[1:]}, this env has "
+                           f"{tuple(obs_shape)}; use the same --env as that run")
+    return src_dir, records, rows
+
+
+def import_labels(db: Path, store: LabelStore, run_dir: Path, obs_shape: tuple[int, ...]) -> int:
+    """Copy the trainable labels of another run (clips, pairs, labels, provenance) into this run's store."""
+    src_dir, records, rows = check_label_db(db, obs_shape)
+    (run_dir / "clips").mkdir(exist_ok=True)
+    for row in rows:
+        shutil.copy2(run_file(src_dir, row.npz), run_dir / "clips" / Path(row.npz).name)
+        video = None
+        if row.video and run_file(src_dir, row.video).is_file():
+            shutil.copy2(run_file(src_dir, row.video), run_dir / "clips" / Path(row.video).name)
+            video = f"clips/{Path(row.video).name}"
+        store.add_clip(row.id, row.env_step, row.true_return, row.length, f"clips/{Path(row.npz).name}", video)
+    for r in records:
+        (pid,) = store.add_pairs([(r.left_clip, r.right_clip)], r.rule, r.model_version)
+        store.add_label(pid, r.answer, r.labeler, r.seconds, r.model_version)
+    store.set_meta("imported_from", str(db))
     return len(records)
+
+
+def check_reward_model(cfg: TrainConfig) -> None:
+    """--reward-model: load it (weights only) into an ensemble shaped for this env before anything is written."""
+    path = ensemble_file(cfg.reward_model)
+    env = make_env(cfg.env)
+    try:
+        ensemble = make_ensemble(env.observation_space, env.action_space, cfg.reward, seed=cfg.seed)
+    finally:
+        env.close()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols; the error says enough
+            ensemble.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a file that is not a state dict
+        reason = ("not a weights-only state dict" if "Weights only load failed" in str(exc) else
+                  (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100])
+        raise RunError(f"{path} is not a prefrl reward model for {cfg.env.env} ({reason}); pass the run folder "
+                       "or ensemble.pt of a run on this env") from None
+
+
+PROBE_STEPS = 200
+"""Random steps taken by check_run_config before a run folder exists."""
+
+
+def probe_env(cfg: TrainConfig) -> None:
+    """Build the env and take a few random steps before anything is written: an unknown id, unsupported spaces
+    and NaN/inf observations or rewards stop here with one line, not in the middle of a run."""
+    env = make_env(cfg.env)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # gymnasium's env checker warns about NaN as well; we say it in one line
+            env.action_space.seed(cfg.seed)
+            obs, _ = env.reset(seed=cfg.seed)
+            where = "at reset"
+            for t in range(PROBE_STEPS + 1):
+                obs = np.asarray(obs)
+                if obs.dtype.kind in "fc" and not np.isfinite(obs).all():
+                    raise EnvError(f"{cfg.env.env} returned NaN or inf in its observation {where}; fix the env so "
+                                   "its observations stay finite")
+                if t == PROBE_STEPS:
+                    break
+                obs, rew, terminated, truncated, _ = env.step(env.action_space.sample())
+                where = f"at step {t + 1} of random actions"
+                if not np.isfinite(np.asarray(rew, dtype=np.float64)).all():
+                    raise EnvError(f"{cfg.env.env} returned a NaN or inf reward {where}; fix the env so its rewards "
+                                   "stay finite")
+                if terminated or truncated:
+                    obs, _ = env.reset()
+                    where = "at reset"
+    finally:
+        env.close()
+
+
+_RUN_LOCKS: dict[Path, int] = {}
+
+
+def lock_run(run_dir: Path) -> None:
+    """One trainer per run folder: a second `prefrl train --resume` on a running run stops with one line.
+    An flock on the folder itself (nothing is written), released by unlock_run or by the kernel when the
+    process dies, kill -9 included."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunError(f"run folder {run_dir} is in use by another prefrl train; wait for it to finish or "
+                       "stop it, then --resume") from None
+    _RUN_LOCKS[run_dir.resolve()] = fd
+
+
+def unlock_run(run_dir: Path) -> None:
+    fd = _RUN_LOCKS.pop(run_dir.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
 
 
 # --- entry points -------------------------------------------------------------------
@@ -591,7 +753,9 @@ def check_run_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--labels {cfg.labels} does not exist; pass RUN_DIR/labels.sqlite of an earlier run")
     if cfg.reward_model is not None:
         ensemble_file(cfg.reward_model)
-    make_env(cfg.env).close()  # unknown id, unsupported spaces, no time limit: fail before writing anything
+    probe_env(cfg)  # unknown id, unsupported spaces, no time limit, NaN/inf: fail before writing anything
+    if cfg.reward_source == "learned" and cfg.feedback.render and env_family(cfg.env.env) == "mujoco":
+        render_backend()  # no display, no GL library: say so before a run folder exists
     limit = episode_limit(cfg.env)
     if cfg.reward_source == "learned" and limit is not None and cfg.feedback.clip_length > limit:
         raise ConfigError(f"--clip-length {cfg.feedback.clip_length} is longer than an episode of {cfg.env.env} "
@@ -603,20 +767,90 @@ def train(cfg: TrainConfig) -> RunResult:
     check_run_config(cfg)
     if cfg.reward_model is not None:
         cfg = reward_config_of(cfg.reward_model, cfg)
-    if cfg.labels is not None:
-        LabelStore(cfg.labels).close()  # not a store, or a newer schema: say so before making a folder
+        check_reward_model(cfg)
+    if cfg.labels is not None:  # not a store, a newer schema, no labels, missing clips: say so before making a folder
+        env = make_env(cfg.env)
+        env.close()
+        check_label_db(cfg.labels, env.observation_space.shape)
     run_dir = cfg.run_dir or cfg.results_dir / run_name(cfg)
     try:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        run_dir.mkdir()
+    except OSError as exc:  # permission denied, read-only file system, a file where a folder should be...
+        raise RunError(f"cannot create {run_dir.parent} ({(exc.strerror or str(exc)).lower()}); "
+                       "pick a writable --results-dir") from None
+    cfg = replace(cfg, run_dir=run_dir)
+    # The folder appears whole, config.json inside, or not at all: a kill in between leaves no folder that
+    # neither `train` (it exists) nor `--resume` (no config.json) would take, only a hidden temp folder.
+    tmp = run_dir.parent / f".{run_dir.name}.{os.getpid()}.tmp"
+    try:
+        if run_dir.exists():
+            raise FileExistsError
+        tmp.mkdir()
+        (tmp / "config.json").write_text(cfg.to_json())
+        if run_dir.exists():
+            raise FileExistsError
+        os.rename(tmp, run_dir)
     except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise RunError(f"run folder {run_dir} exists; continue it with --resume {run_dir} "
                        "or pick another --run-dir") from None
-    except PermissionError:
-        raise RunError(f"cannot create {run_dir} (permission denied); pick a writable --results-dir") from None
-    cfg = replace(cfg, run_dir=run_dir)
-    _atomic_write(run_dir / "config.json", cfg.to_json())
-    return Trainer(cfg, run_dir, resuming=False).run()
+    except OSError as exc:  # permission denied, read-only file system, a file where a folder should be...
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(f"cannot create {run_dir} ({(exc.strerror or str(exc)).lower()}); "
+                       "pick a writable --results-dir") from None
+    lock_run(run_dir)
+    try:
+        return Trainer(cfg, run_dir, resuming=False).run()
+    finally:
+        unlock_run(run_dir)
+
+
+def make_ppo(cfg: TrainConfig, venv: VecEnv) -> PPO:
+    """PPO as the config says; checkpoints are loaded into it with set_parameters (weights only, no pickle)."""
+    p = cfg.ppo
+    box = not hasattr(venv.action_space, "n")
+    return PPO(p.policy, venv, n_steps=p.n_steps, batch_size=p.minibatch_size, n_epochs=p.n_epochs,
+               learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+               ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+               use_sde=p.use_sde and box, sde_sample_freq=p.sde_sample_freq,
+               policy_kwargs=dict(net_arch=list(p.net_arch)), seed=cfg.seed, device=cfg.device, verbose=0)
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The folder `checkpoints/latest` points to (None before the first checkpoint); RunError when damaged."""
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    if not (path / "state.json").is_file():
+        raise RunError(f"checkpoint {path} is incomplete; delete {pointer} to restart the run from its labels")
+    return path
+
+
+def read_state(run_dir: Path) -> dict:
+    """state.json of the latest checkpoint ({} before the first one)."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return {}
+    try:
+        state = json.loads((latest / "state.json").read_text())
+    except json.JSONDecodeError:
+        state = None
+    if not isinstance(state, dict) or "env_steps" not in state:
+        raise RunError(f"{latest / 'state.json'} is damaged; delete {run_dir / 'checkpoints' / 'latest'} to restart "
+                       "the run from its labels")
+    return state
+
+
+def _finished_result(run_dir: Path) -> Optional[RunResult]:
+    """The result of a run that already finished (summary.json written), so resuming it changes nothing."""
+    if not read_state(run_dir).get("finished") or not (run_dir / "summary.json").is_file():
+        return None
+    try:
+        s = json.loads((run_dir / "summary.json").read_text())
+        return RunResult(run_dir, *(s[k] for k in RunResult._fields[1:]))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # killed while writing the summary: finish() writes it again
 
 
 def resume(run_dir: Path, progress_bar: Optional[bool] = None) -> RunResult:
@@ -628,7 +862,15 @@ def resume(run_dir: Path, progress_bar: Optional[bool] = None) -> RunResult:
     if progress_bar is not None:
         cfg = replace(cfg, progress_bar=progress_bar)
     check_run_config(cfg)
-    return Trainer(cfg, run_dir, resuming=True).run()
+    done = _finished_result(run_dir)  # also checks the checkpoint before anything is written
+    if done is not None:
+        print(f"run {run_dir} already finished; nothing to do", file=sys.stderr)
+        return done
+    lock_run(run_dir)
+    try:
+        return Trainer(cfg, run_dir, resuming=True).run()
+    finally:
+        unlock_run(run_dir)
 
 
 __all__ = ["train", "resume", "RunResult", "RunError", "Trainer", "EnvError", "ConfigError"]

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("streamlit", reason="streamlit is not installed: pip install -e '.[test]'")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from prefrl.labels.store import Answer, LabelRecord, LabelStore  # noqa: E402
+from prefrl.labels.store import Answer, LabelRecord, LabelStore, StoreError  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))
@@ -323,3 +323,110 @@ print("HEAVY", heavy)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "HEAVY []" in out.stdout, out.stdout
+
+
+# --- security defaults: the access token, paths that stay in the run folder ---------------------------------
+
+@pytest.fixture
+def exposed(monkeypatch):
+    """The server as if bound to every interface (Streamlit's own default without --server.address)."""
+    import streamlit.config as st_config
+
+    old = st_config.get_option("server.address")
+    st_config.set_option("server.address", "0.0.0.0")
+    monkeypatch.delenv(shared.TOKEN_ENV, raising=False)
+    yield monkeypatch
+    st_config.set_option("server.address", old)
+
+
+def test_exposed_without_a_token_shows_nothing(run, exposed):
+    for page in (LABEL_PAGE, RUNS_PAGE):
+        at = AppTest.from_file(page, default_timeout=30)
+        at.session_state[shared.RUN_KEY] = str(run)
+        at.session_state["labeler"] = "alice"
+        at.run()
+        assert not at.exception
+        assert "without an access token" in _texts(at.error), page
+        assert not [b for b in at.button if b.key == "ans_left"] and not at.metric
+
+
+def test_exposed_with_a_token_needs_it_once_per_session(run, exposed):
+    exposed.setenv(shared.TOKEN_ENV, "tok_0123456789abcdef")
+    for given in (None, "wrong", "tok_0123456789abcdeF"):
+        at = AppTest.from_file(LABEL_PAGE, default_timeout=30)
+        at.session_state[shared.RUN_KEY] = str(run)
+        at.session_state["labeler"] = "alice"
+        if given is not None:
+            at.query_params["token"] = given
+        at.run()
+        assert "needs its access token" in _texts(at.error), given
+        assert not [b for b in at.button if b.key == "ans_left"]
+    at = AppTest.from_file(LABEL_PAGE, default_timeout=30)
+    at.session_state[shared.RUN_KEY] = str(run)
+    at.session_state["labeler"] = "alice"
+    at.query_params["token"] = "tok_0123456789abcdef"
+    at.run()
+    assert not at.error and _shown(at) == 1
+    del at.query_params["token"]  # the session remembers it (e.g. after moving to another page)
+    at.button(key="ans_left").click().run()
+    assert [r.pair_id for r in _labels(run)] == [1]
+    assert "only browsers with the access token" in _texts(at.sidebar.caption)
+
+
+def test_a_token_is_required_on_localhost_too_when_set(run, monkeypatch):
+    monkeypatch.setenv(shared.TOKEN_ENV, "tok_0123456789abcdef")
+    at = _label_app(run)
+    assert "needs its access token" in _texts(at.error)
+
+
+def test_clip_paths_cannot_leave_the_run_folder(run, tmp_path):
+    secret = tmp_path / "secret.mp4"
+    shutil.copy(run / "clips" / "c001.mp4", secret)
+    (run / "clips" / "c001.mp4").unlink()
+    (run / "clips" / "c001.mp4").symlink_to(secret)  # pair 1's right clip, pair 2's left clip
+    con = sqlite3.connect(run / "labels.sqlite")
+    con.execute("UPDATE clips SET video = '../../secret.mp4' WHERE id = 'c000'")
+    con.commit()
+    con.close()
+    at = _label_app(run)
+    assert not at.exception
+    text = _texts(at.error) + _texts(at.warning)
+    assert "points outside its run folder" in text and "points outside the run folder" in text
+    assert at.button(key="ans_left").disabled  # nothing from outside is shown; the pair can be skipped
+    with pytest.raises(StoreError, match="outside"):
+        shared.video_path(run, "../x.mp4")
+
+
+def test_save_answer_retries_a_busy_store_and_never_says_locked(run, monkeypatch):
+    """A writer that holds the lock for a moment: the answer waits for it instead of failing."""
+    import threading
+
+    other = sqlite3.connect(run / "labels.sqlite", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(1.0, lambda: other.execute("ROLLBACK")).start()
+    t = time.monotonic()
+    kind, text = shared.save_answer(run, "alice", 1, "left", 1.0)
+    assert (kind, time.monotonic() - t >= 0.9) == ("ok", True), text
+    other.close()
+    assert shared.save_answer(run, "alice", 1, "right", 1.0) == ("warning", "pair 1 was already answered; moving on")
+    assert shared.save_answer(run, "no one", 1, "right", 1.0)[0] == "error"
+    assert [(r.pair_id, r.answer) for r in _labels(run)] == [(1, Answer.LEFT)]
+
+
+def test_a_clip_file_vanishing_while_the_page_renders(run, monkeypatch):
+    """The trainer (or a person) deletes a video between the page's check and Streamlit's read of it."""
+    import streamlit
+
+    real_video = streamlit.video
+
+    def vanishing_video(data, *args, **kwargs):
+        if str(data).endswith("c000.mp4"):
+            Path(data).unlink(missing_ok=True)  # gone just before Streamlit opens it
+        return real_video(data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "video", vanishing_video)
+    at = _label_app(run)
+    assert not at.exception
+    assert "c000.mp4 is missing" in _texts(at.error)
+    at.button(key="skip").click().run()
+    assert _shown(at) == 2 and not at.exception

@@ -130,3 +130,55 @@ def test_empty_run_page_refreshes_itself_when_pairs_arrive(tmp_path):
             assert _shown_pair(page) == pair  # no click: the page looks again every few seconds
             assert time.monotonic() - t < 15
             _wait_playing(page)
+
+
+def test_prefrl_app_off_localhost_needs_the_printed_token(tmp_path):
+    """`prefrl app --address` other than 127.0.0.1 makes a token, prints the URL with it, keeps it off the command
+    line, and the page refuses a browser without it. 127.0.0.2 is loopback too, so nothing is exposed here."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import urllib.request
+
+    sync_api = _chromium()
+    run = tmp_path / "run"
+    demo.make_run(run, pairs=2, length=8, side=32)
+    port = demo.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "prefrl", "app", str(run), "--address", "127.0.0.2", "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        first = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.2:\d+/)\?token=([A-Za-z0-9_-]+)", first)
+        assert m, first
+        base, token = m.groups()
+        assert token not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the app did not start"
+            time.sleep(0.2)
+        with sync_api.sync_playwright() as pw:
+            with demo.open_page(pw, f"{base}?labeler=erin&token=guess") as (page, errors):
+                page.get_by_text("needs its access token").wait_for(timeout=20_000)
+                assert page.locator(".st-key-ans_left").count() == 0
+            with demo.open_page(pw, f"{base}?labeler=erin&token={token}") as (page, errors):
+                assert _shown_pair(page) == 1
+                page.keyboard.press("ArrowLeft")
+                _wait(page, "() => { const m = document.querySelector('.prefrl-render'); "
+                            "return m && m.dataset.pair === '2'; }", what="the second pair")
+        with LabelStore(run / "labels.sqlite") as store:
+            assert [(r.pair_id, r.labeler) for r in store.labels()] == [(1, "erin")]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

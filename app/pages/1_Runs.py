@@ -118,7 +118,7 @@ def _labels(run: Path) -> None:
 
 
 def main() -> None:
-    shared.warn_if_exposed()
+    shared.guard()
     run = shared.choose_run()
     if run is None:
         return

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NamedTuple, Optional
+
+from prefrl.reliability import fault_point
 
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the schema below; bump it (and add a migration) on any change."""
@@ -61,6 +64,41 @@ class StoreError(Exception):
 
 class DuplicateLabel(StoreError):
     """This labeler already answered this pair (e.g. two app tabs); callers just move on."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the write lock for the whole busy timeout; nothing was written, retrying is safe."""
+
+
+LABELER_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""Labeler names: people (the app allows a subset) and synthetic teachers (e.g. `teacher:mistake`)."""
+
+
+def check_labeler(name: str) -> str:
+    """The name itself, or StoreError: names are shown in the app and must never look like paths or markup."""
+    if not isinstance(name, str) or not LABELER_RE.fullmatch(name) or name.strip(".") == "":
+        raise StoreError(f"labeler name {name!r} is not usable; use 1 to 64 letters, digits, '_', '.', ':' or '-'")
+    return name
+
+
+def inside_run(rel: str | Path) -> bool:
+    """True for a non-empty relative path that stays inside its run folder (no '..', no drive, no root)."""
+    text = str(rel)
+    if not text.strip() or "\x00" in text:
+        return False
+    posix, win = PurePosixPath(text.replace("\\", "/")), PureWindowsPath(text)
+    return not (posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts)
+
+
+def run_file(run_dir: Path, rel: str | Path) -> Path:
+    """`run_dir / rel`, refusing paths (or symlinks) that lead outside the run folder: clip paths come from
+    labels.sqlite, which a user may have been handed."""
+    root = Path(run_dir).resolve()
+    path = (root / str(rel)).resolve() if inside_run(rel) else None
+    if path is None or not path.is_relative_to(root):
+        raise StoreError(f"{rel} points outside the run folder {run_dir}; this labels.sqlite was not written by "
+                         "prefrl for this run, do not use it")
+    return path
 
 
 class Answer(str, enum.Enum):
@@ -152,6 +190,13 @@ class LabelStore:
     def _open(self) -> None:
         # Read the version before anything that writes, so a foreign or newer file stays untouched.
         version = self._version()
+        if version == 0:
+            with self._errors():
+                tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            foreign = sorted(tables - {"clips", "pairs", "labels", "meta", "sqlite_sequence"})
+            if foreign:
+                raise StoreError(f"{self.path} is an SQLite file of another program (tables {', '.join(foreign[:3])}), "
+                                 "not a prefrl label database; pass RUN_DIR/labels.sqlite of a prefrl run")
         with self._errors():
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -187,7 +232,7 @@ class LabelStore:
             yield
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                raise StoreError(f"{self.path} is locked by another process (waited {self.timeout:g} s); "
+                raise StoreBusy(f"{self.path} is locked by another process (waited {self.timeout:g} s); "
                                  "close the other process or retry") from None
             raise StoreError(f"{self.path}: {exc}") from None
         except sqlite3.IntegrityError as exc:
@@ -220,8 +265,9 @@ class LabelStore:
                  video: str | Path | None = None) -> None:
         """Record a clip; adding the same id again is a no-op (the first row stands)."""
         for name, p in (("npz", npz), ("video", video)):
-            if p is not None and Path(p).is_absolute():
-                raise StoreError(f"clip {clip_id}: {name} path {p} must be relative to the run folder")
+            if p is not None and not inside_run(p):
+                raise StoreError(f"clip {clip_id}: {name} path {p} must be relative to the run folder "
+                                 "and stay inside it (no '..')")
         with self._write() as cur:
             cur.execute("INSERT OR IGNORE INTO clips VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (clip_id, int(env_step), float(true_return), int(length), str(npz),
@@ -231,10 +277,18 @@ class LabelStore:
         rows = self._read("SELECT * FROM clips WHERE id = ?", (clip_id,))
         if not rows:
             raise StoreError(f"clip {clip_id} does not exist in {self.path}")
-        return ClipRow._make(rows[0])
+        return self._checked(ClipRow._make(rows[0]))
 
     def clips(self) -> list[ClipRow]:
-        return [ClipRow._make(r) for r in self._read("SELECT * FROM clips ORDER BY created, id")]
+        return [self._checked(ClipRow._make(r)) for r in self._read("SELECT * FROM clips ORDER BY created, id")]
+
+    def _checked(self, row: ClipRow) -> ClipRow:
+        """Refuse rows whose files lie outside the run folder (a crafted database), before anyone opens them."""
+        for p in (row.npz, row.video):
+            if p is not None and not inside_run(p):
+                raise StoreError(f"{self.path}: clip {row.id} points outside its run folder ({p}); this file was "
+                                 "not written by prefrl, do not use it")
+        return row
 
     # --- pairs -----------------------------------------------------------------------
 
@@ -292,9 +346,10 @@ class LabelStore:
         try:
             answer = Answer(answer)
         except ValueError:
-            raise StoreError(f"answer {answer!r} is not one of {_VALID_ANSWERS}") from None
-        if not labeler.strip():
+            raise StoreError(f"answer {answer!r} is unknown; use one of {_VALID_ANSWERS}") from None
+        if not isinstance(labeler, str) or not labeler.strip():
             raise StoreError("a label needs a labeler name")
+        check_labeler(labeler)
         if not math.isfinite(seconds) or seconds < 0:
             raise StoreError(f"seconds must be a finite number >= 0 (got {seconds})")
         with self._write() as cur:
@@ -306,6 +361,7 @@ class LabelStore:
             cur.execute("INSERT INTO labels (pair_id, answer, labeler, seconds, created, model_version) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (int(pair_id), answer.value, labeler, float(seconds), time.time(), int(model_version)))
+            fault_point("label_write")  # fault tests: killed inside the transaction, the label must vanish whole
             return cur.lastrowid
 
     def delete_label(self, label_id: int, labeler: str) -> None:

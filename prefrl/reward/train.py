@@ -9,12 +9,17 @@ normalisation is for what the policy and the pair sampler see. Training on norma
 outputs (scale frozen during a fit, reset after it) lets the L2 penalty and the
 renormalisation chase each other: on refits of the same 200 labels the L2 weight rose
 to ~5, output stds fell to ~3e-4 and validation accuracy fell from 0.86 to 0.68.
+
+Objective "target" (the paper's ablation) swaps the Bradley-Terry loss for the squared
+error between each clip's predicted return and its standardised true return; everything
+else (bootstrap, split, L2 adaptation, output normalisation) is the same, and the losses
+in FitStats are then squared errors in units of the clips' return std.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -38,6 +43,7 @@ class PreferenceData(NamedTuple):
     obs_right: np.ndarray  # (N, T, *obs_shape)
     acts_right: np.ndarray  # (N, T, ...)
     target: np.ndarray  # (N,) float P(left preferred): 1.0 left, 0.0 right, 0.5 equal
+    true_returns: Optional[np.ndarray] = None  # (N, 2) true return of the left and right clip; objective "target"
 
 
 class FitStats(NamedTuple):
@@ -63,6 +69,16 @@ def preference_loss(ret_left: Tensor, ret_right: Tensor, target: Tensor, random_
     """Bradley-Terry cross-entropy where the labeler answers uniformly at random with prob random_prob:
     P(left) = (1 - random_prob) * sigmoid(R_l - R_r) + random_prob / 2.  Mean over the batch. Equal answers (0.5) train toward 0.5."""
     return _bt_nll(ret_left - ret_right, target, random_prob).mean()
+
+
+def standardised_returns(data: PreferenceData) -> Tensor:
+    """(N, 2) true clip returns scaled to zero mean and unit std over this fit's clips, the regression target
+    of objective "target": raw returns (hundreds on Pendulum) would make the squared error, and with it the
+    L2 balance, depend on the env's reward scale, which the comparison loss never sees."""
+    if data.true_returns is None:
+        raise ValueError("objective 'target' needs PreferenceData.true_returns (the clips' true returns)")
+    y = torch.as_tensor(np.asarray(data.true_returns, dtype=np.float64), dtype=torch.float64)
+    return ((y - y.mean()) / y.std(correction=0).clamp_min(1e-8)).float()
 
 
 def val_mask(label_ids: np.ndarray, seed: int, fraction: float) -> np.ndarray:
@@ -106,6 +122,7 @@ class RewardTrainer:
                              ens.features(data.obs_right, data.acts_right)], dim=1)
         t_len, n_feat = x.shape[2], x.shape[3]
         target = torch.as_tensor(data.target, dtype=torch.float32)
+        true = standardised_returns(data) if cfg.objective == "target" else None
 
         is_val = val_mask(data.label_ids, self.seed, cfg.val_fraction)
         train_ids = np.flatnonzero(~is_val)
@@ -130,7 +147,7 @@ class RewardTrainer:
                 b = ids.shape[1]
                 r = ens.raw_rewards(x[ids].reshape(m, b * 2 * t_len, n_feat), self.gen)
                 ret = r.reshape(m, b, 2, t_len).sum(-1)
-                nll = _bt_nll(ret[..., 0] - ret[..., 1], target[ids], cfg.random_answer_prob).mean(1)  # (M,)
+                nll = self._loss(ret, target[ids], None if true is None else true[ids]).mean(1)  # (M,)
                 sq = sum(w.pow(2).sum((1, 2)) for w in ens.weights)  # (M,)
                 loss = (nll + self.l2 * sq).sum()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -140,14 +157,14 @@ class RewardTrainer:
             if adapt:
                 # train loss: the epoch's running minibatch loss on each member's own resample (free;
                 # a full eval pass would double the fit time); val loss: an eval pass on val labels
-                val_loss = self._nll(x[val_t], target[val_t])[0].mean(1)
+                val_loss = self._nll(x[val_t], target[val_t], None if true is None else true[val_t])[0].mean(1)
                 ratio = val_loss / (train_sum / n_train).clamp_min(1e-12)
                 step = torch.where(ratio > RATIO_RANGE[1], L2_STEP, torch.where(ratio < RATIO_RANGE[0], 1 / L2_STEP, 1.0))
                 self.l2 = (self.l2 * step).clamp(*L2_RANGE)
 
         ens.set_output_stats(x.reshape(-1, n_feat))
         ens.version += 1
-        nll, diff = self._nll(x, target)
+        nll, diff = self._nll(x, target, true)
         train_loss = (nll * counts).sum(1) / n_train
         nan = float("nan")
         has_val = len(val_ids) > 0
@@ -160,8 +177,15 @@ class RewardTrainer:
             l2=float(self.l2.mean()),
         )
 
+    def _loss(self, ret: Tensor, target: Tensor, true: Optional[Tensor]) -> Tensor:
+        """Predicted clip returns (M, n, 2) -> per-member, per-label loss (M, n) of the configured objective:
+        Bradley-Terry on the answer `target` (n,), or squared error to the standardised true returns (n, 2)."""
+        if true is None:
+            return _bt_nll(ret[..., 0] - ret[..., 1], target, self.cfg.random_answer_prob)
+        return (ret - true).pow(2).mean(-1)
+
     @torch.no_grad()
-    def _nll(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _nll(self, x: Tensor, target: Tensor, true: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """x (n, 2, T, F), target (n,) -> per-member loss without penalty (M, n) in eval mode (no dropout),
         and the return difference left - right of the normalised ensemble mean (n,), which decides accuracy."""
         ens = self.ensemble
@@ -171,8 +195,7 @@ class RewardTrainer:
         ret = ens.raw_rewards(x.reshape(-1, n_feat)).reshape(-1, n, 2, t_len).sum(-1)
         ens.train(was_training)
         diff = ret[..., 0] - ret[..., 1]  # (M, n)
-        nll = _bt_nll(diff, target, self.cfg.random_answer_prob)
-        return nll, (diff / ens.out_std).mean(0)
+        return self._loss(ret, target, true), (diff / ens.out_std).mean(0)
 
     def state_dict(self) -> dict:
         """Optimiser state, per-member L2 weights and both rngs; safe for torch.load(weights_only=True)."""

@@ -48,7 +48,7 @@ class LearnedReward(VecEnvWrapper):
         self._episode += rews
         for i, info in enumerate(infos):
             info["true_reward"] = float(true_rews[i])
-            if dones[i]:
+            if dones[i] or "episode" in info:  # a game end inside a continuous episode (Atari) counts too
                 info["learned_episode_return"] = float(self._episode[i])
                 self._episode[i] = 0.0
         self._obs = np.asarray(obs)
