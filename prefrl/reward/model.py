@@ -28,7 +28,26 @@ _OUT_STD_FLOOR = 1e-6
 _LEAK = 0.01
 
 
-class RewardEnsemble(nn.Module):
+class _FitCount:
+    """`version`: fits so far (the trainer increments it); 0 = never fit. Kept in a `fit_count` buffer,
+    so checkpoints keep it."""
+
+    fit_count: torch.Tensor
+
+    @property
+    def version(self) -> int:
+        return int(self.fit_count)
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self.fit_count.fill_(int(value))
+
+    @property
+    def fitted(self) -> bool:
+        return self.version > 0
+
+
+class RewardEnsemble(_FitCount, nn.Module):
     """Flat ensemble of MLP reward predictors r(s, a) (or r(s))."""
 
     def __init__(self, obs_space: gym.spaces.Box, act_space: ActSpace, cfg: RewardConfig, seed: int = 0):
@@ -82,21 +101,6 @@ class RewardEnsemble(nn.Module):
         self._bounded = torch.from_numpy(bounded)
         self._bound_mean = torch.from_numpy((lo + hi) / 2).float()
         self._bound_std = torch.from_numpy(np.where(bounded, np.maximum((hi - lo) / 2, 1e-6), 1.0)).float()
-
-    # --- bookkeeping -----------------------------------------------------------------
-
-    @property
-    def version(self) -> int:
-        """Fits so far (the trainer increments it); 0 = never fit. A buffer, so checkpoints keep it."""
-        return int(self.fit_count)
-
-    @version.setter
-    def version(self, value: int) -> None:
-        self.fit_count.fill_(int(value))
-
-    @property
-    def fitted(self) -> bool:
-        return self.version > 0
 
     # --- features --------------------------------------------------------------------
 
@@ -239,7 +243,7 @@ CNN_CHUNK = 256
 _BN_MOMENTUM = 0.1
 
 
-class CnnRewardEnsemble(nn.Module):
+class CnnRewardEnsemble(_FitCount, nn.Module):
     """Flat ensemble of the paper's Atari reward predictor r(s) on frame stacks (C, H, W) uint8 (A.2):
     conv 7x7/3, 5x5/2, 3x3/1, 3x3/1 (16 filters each, batch norm, leaky ReLU 0.01, dropout cfg.dropout),
     a 64-unit dense layer (leaky ReLU) and a scalar output. Same interface as RewardEnsemble.
@@ -291,20 +295,6 @@ class CnnRewardEnsemble(nn.Module):
         self.register_buffer("out_mean", torch.zeros(m, 1))
         self.register_buffer("out_std", torch.ones(m, 1))
         self.register_buffer("fit_count", torch.zeros((), dtype=torch.int64))
-
-    # --- bookkeeping (as RewardEnsemble) ---------------------------------------------------------------------
-
-    @property
-    def version(self) -> int:
-        return int(self.fit_count)
-
-    @version.setter
-    def version(self, value: int) -> None:
-        self.fit_count.fill_(int(value))
-
-    @property
-    def fitted(self) -> bool:
-        return self.version > 0
 
     # --- features --------------------------------------------------------------------------------------------
 
