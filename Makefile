@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: a bare `torch` pulls a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
