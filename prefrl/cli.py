@@ -19,6 +19,8 @@ USAGE = """usage: prefrl {train,app,bench,ablate,plot} ...
   prefrl train --resume RUN_DIR continue a stopped run from its latest checkpoint
   prefrl app [RUN_DIR]          the labeling app in a browser (default: the newest run)
   prefrl bench pendulum [...]   the Pendulum-v1 benchmark (prefrl bench pendulum --help)
+  prefrl bench mujoco|pong      HalfCheetah/Hopper and Pong: PPO-true vs synthetic labels (--budget cpu|paper)
+  prefrl bench throughput       env steps/s, prefrl vs PPO-true, Pong and HalfCheetah
   prefrl ablate --env ENV [...] the paper's ablation grid, resumable (prefrl ablate --help)
   prefrl plot DIR... [--out D]  curves, CIs and reward-hacking views from run or grid folders
 

@@ -182,3 +182,14 @@ def test_lava_ledge_random_walk_stays_far_from_goal_and_lava():
         obs, _ = env.reset(seed=seed)
         xs = [(env.step(int(rng.integers(5)))[0][0] + 1) / 2 for _ in range(150)]
         assert max(xs) < GOAL[0] - 0.08 < LAVA_X
+
+
+def test_own_task_presets_are_cli_defaults_and_flags_override() -> None:
+    from prefrl.cli import parse_train_config
+
+    cfg = parse_train_config(["--env", "prefrl/MiniPong-v0"])
+    assert (cfg.env.n_envs, cfg.ppo.gamma, cfg.reward.use_actions, cfg.total_timesteps) == (8, 0.99, False, 400_000)
+    cfg = parse_train_config(["--env", "prefrl/MiniPong-v0", "--gamma", "0.95", "--use-actions"])
+    assert (cfg.ppo.gamma, cfg.reward.use_actions, cfg.env.n_envs) == (0.95, True, 8)
+    assert parse_train_config(["--env", "prefrl/LavaLedge-v0"]).ppo.learning_rate == 1e-3
+    assert parse_train_config(["--env", "Pendulum-v1"]).ppo.gamma == 0.9  # no preset: prefrl's defaults
