@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -89,6 +90,25 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 """Flags that work for Debian's chromium on these machines (see ../shared/STACK.md)."""
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Optional[Path] = None) -> None:
+    """Block until the Streamlit server at `url` answers its health check; RuntimeError if it exits or
+    stays silent for `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log else ""
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {tail}")
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/_stcore/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"streamlit did not answer on {url} within {timeout:g} s; log: {log}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def open_page(pw, url: str) -> Iterator[tuple[object, list[str]]]:
     """Debian's chromium via Playwright `pw`, one page at `url`; yields (page, page errors seen); closes it."""
@@ -121,19 +141,7 @@ def serve(run: Path, log: Path, port: int | None = None, timeout: float = 60.0) 
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not answer on {url} within {timeout:g} s; log: {log}")
-            time.sleep(0.2)
+        wait_healthy(url, proc, timeout, log)
         yield url
     finally:
         proc.terminate()

@@ -139,7 +139,6 @@ def test_prefrl_app_off_localhost_needs_the_printed_token(tmp_path):
     import re
     import signal
     import subprocess
-    import urllib.request
 
     sync_api = _chromium()
     run = tmp_path / "run"
@@ -154,16 +153,7 @@ def test_prefrl_app_off_localhost_needs_the_printed_token(tmp_path):
         assert m, first
         base, token = m.groups()
         assert token not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}_stcore/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "the app did not start"
-            time.sleep(0.2)
+        demo.wait_healthy(base, proc, 60)
         with sync_api.sync_playwright() as pw:
             with demo.open_page(pw, f"{base}?labeler=erin&token=guess") as (page, errors):
                 page.get_by_text("needs its access token").wait_for(timeout=20_000)
