@@ -178,7 +178,7 @@ class ClipRecorder(VecEnvWrapper):
             self._frames[i].clear()
         self._obs = np.asarray(obs)
         if self.renderer is not None:  # the state the next action starts from (a new episode's after a done)
-            reset_infos = self._reset_infos()
+            reset_infos = self._reset_infos() if dones.any() else None  # only needed after an episode end
             for i, info in enumerate(infos):
                 self._state[i] = (reset_infos[i] if dones[i] else info).get("physics_state")
         if self.record_frames:

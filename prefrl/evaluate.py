@@ -54,27 +54,27 @@ def checkpoint_policy(run_dir) -> tuple[Policy, "TrainConfig"]:  # noqa: F821
     """
     from pathlib import Path
 
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from prefrl.config import TrainConfig
-    from prefrl.loop import RunError, latest_checkpoint, make_ppo
+    from prefrl.loop import RunError, _set_rms, latest_checkpoint, make_ppo
 
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_json((run_dir / "config.json").read_text())
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise RunError(f"{run_dir} has no checkpoint yet; let the run reach its first checkpoint")
-    env = DummyVecEnv([lambda: make_env(cfg.env)])  # spaces for the policy; weights only, no pickle
-    model = make_ppo(cfg, env)
-    model.set_parameters(str(ckpt / "ppo.zip"), exact_match=True, device="cpu")
-    env.close()
+    # the same VecNormalize as training, frozen at the checkpoint's statistics; PPO gets weights only, no pickle
+    venv = VecNormalize(DummyVecEnv([lambda: make_env(cfg.env)]), norm_obs=cfg.env.normalize_obs,
+                        norm_reward=False, training=False)
     with np.load(ckpt / "vecnormalize.npz") as rms:
-        stats = {k: rms[k] for k in rms.files}
-    mean, std = stats.get("obs_mean"), None if "obs_var" not in stats else np.sqrt(stats["obs_var"] + 1e-8)
+        _set_rms(venv, rms)
+    model = make_ppo(cfg, venv)
+    model.set_parameters(str(ckpt / "ppo.zip"), exact_match=True, device="cpu")
+    venv.close()  # only its spaces and statistics are needed from here on
 
     def act(obs: np.ndarray) -> np.ndarray:
-        x = obs if mean is None else np.clip((obs - mean) / std, -10.0, 10.0)  # VecNormalize's defaults
-        return model.predict(x.astype(np.float32), deterministic=True)[0]
+        return model.predict(venv.normalize_obs(obs), deterministic=True)[0]
 
     return act, cfg
 

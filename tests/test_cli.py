@@ -151,3 +151,18 @@ def test_human_labeler_with_oracle_fill_writes_videos_and_mixes_labels(tmp_path)
     with sqlite3.connect(run / "labels.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM clips WHERE video IS NULL").fetchone()[0] == 0
         assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] > 0
+
+
+def test_checkpoint_policy_replays_the_runs_own_evaluation(tmp_path):
+    """The weights-only policy rebuilt from a run folder scores exactly what the run reported, and renders."""
+    import imageio.v3 as iio
+
+    from prefrl.evaluate import checkpoint_policy, evaluate, policy_video
+
+    run = tmp_path / "run"
+    assert prefrl("train", "--env", "Pendulum-v1", "--run-dir", str(run), *TINY).returncode == 0
+    policy, cfg = checkpoint_policy(run)
+    reported = json.loads((run / "summary.json").read_text())["eval_returns"]
+    assert evaluate(policy, cfg.env, len(reported)).tolist() == pytest.approx(reported)
+    policy_video(run, tmp_path / "v.mp4", steps=30)
+    assert iio.imread(tmp_path / "v.mp4").shape[0] == 30
