@@ -20,7 +20,7 @@ import shutil
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
@@ -285,6 +285,47 @@ def load_clip_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(obs, acts, rews) of a saved clip."""
     with np.load(path) as data:
         return _unpack(data), data["acts"], data["rews"]
+
+
+def load_clip_acts_rews(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(acts, rews) of a saved clip without reading its observations, an image clip's bulk (npz members load
+    one by one)."""
+    with np.load(path) as data:
+        return data["acts"], data["rews"]
+
+
+class ClipObsArray:
+    """The observations (N, T, *obs_shape) of N saved clips, read from their npz files at each indexing.
+
+    A fit on image clips would otherwise hold all of them at once (Atari: ~0.7 MB a clip, two a label, ~4 GB
+    at the paper's 3,000 labels); indexed with a minibatch's label ids it holds that minibatch only. Nothing
+    is kept between calls, so memory stays flat however many labels a run gathers.
+    """
+
+    def __init__(self, paths: Sequence[Path], clip_shape: tuple[int, ...], dtype: np.dtype):
+        self.paths = list(paths)
+        self.shape = (len(self.paths), *clip_shape)
+        self.dtype = np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: Union[np.ndarray, Sequence[int], slice]) -> np.ndarray:
+        """idx: integer array of any shape (or a slice) -> (*idx.shape, T, *obs_shape); a clip asked for
+        several times (bootstrap resamples repeat labels) is read once."""
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise IndexError(f"ClipObsArray takes integer indices or a slice, not {idx.dtype}")
+        out = np.empty((*idx.shape, *self.shape[1:]), self.dtype)
+        flat = out.reshape(-1, *self.shape[1:])
+        clips, where = np.unique(idx.reshape(-1), return_inverse=True)
+        for j, i in enumerate(clips):
+            with np.load(self.paths[i]) as data:
+                flat[where == j] = _unpack(data)
+        return out
+
+    def __repr__(self) -> str:
+        return f"ClipObsArray(shape={self.shape}, dtype={self.dtype})"
 
 
 def write_video(frames: np.ndarray, path: Path, fps: int = 20) -> None:

@@ -34,7 +34,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
-from prefrl.clips import SPILL_BYTES, Clip, ClipRecorder, load_clip_arrays, save_clip
+from prefrl.clips import (SPILL_BYTES, Clip, ClipObsArray, ClipRecorder, load_clip_acts_rews, load_clip_arrays,
+                          save_clip)
 from prefrl.config import ConfigError, TrainConfig
 from prefrl.envs import (EnvError, env_family, episode_limit, episode_metrics, make_env, make_vec_env,
                          render_backend, state_renderer)
@@ -296,23 +297,39 @@ class Trainer:
         return self.fit
 
     def _preference_data(self) -> Optional[PreferenceData]:
+        """The labels to fit on. Small clips (MLP envs) are stacked in memory; image clips, whose observations
+        exceed SPILL_BYTES (Atari: ~0.7 MB a clip), stay on disk as ClipObsArrays that the fit reads a minibatch
+        at a time, so memory stays flat as labels accumulate. Only their actions and true rewards are read here."""
         records = self.store.labels(trainable_only=True, last=self.cfg.reward.label_buffer)
         if not records:
             return None
-        left = [self._clip_arrays(r.left_clip) for r in records]
-        right = [self._clip_arrays(r.right_clip) for r in records]
+        label_ids = np.array([r.id for r in records])
         target = np.array([Answer(r.answer).target for r in records], dtype=np.float32)
-        true_returns = np.array([[lc[2].sum(), rc[2].sum()] for lc, rc in zip(left, right)])  # objective "target"
-        return PreferenceData(np.array([r.id for r in records]), np.stack([c[0] for c in left]),
-                              np.stack([c[1] for c in left]), np.stack([c[0] for c in right]),
-                              np.stack([c[1] for c in right]), target, true_returns)
+        first_obs = self._clip_arrays(records[0].left_clip)[0]
+        if first_obs.nbytes <= SPILL_BYTES:
+            left = [self._clip_arrays(r.left_clip) for r in records]
+            right = [self._clip_arrays(r.right_clip) for r in records]
+            true_returns = np.array([[lc[2].sum(), rc[2].sum()] for lc, rc in zip(left, right)])  # objective "target"
+            return PreferenceData(label_ids, np.stack([c[0] for c in left]), np.stack([c[1] for c in left]),
+                                  np.stack([c[0] for c in right]), np.stack([c[1] for c in right]), target,
+                                  true_returns)
+
+        def on_disk(clip_ids: list[str]) -> tuple[ClipObsArray, np.ndarray, np.ndarray]:
+            paths = [self.run_dir / self.store.clip(c).npz for c in clip_ids]
+            acts, rews = zip(*(load_clip_acts_rews(p) for p in paths))
+            returns = np.array([r.sum() for r in rews])  # objective "target"
+            return ClipObsArray(paths, first_obs.shape, first_obs.dtype), np.stack(acts), returns
+
+        obs_l, acts_l, ret_l = on_disk([r.left_clip for r in records])
+        obs_r, acts_r, ret_r = on_disk([r.right_clip for r in records])
+        return PreferenceData(label_ids, obs_l, acts_l, obs_r, acts_r, target, np.stack([ret_l, ret_r], axis=1))
 
     def _clip_arrays(self, clip_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(obs, acts, true rews) of a stored clip; small clips are read once, image clips at every fit."""
+        """(obs, acts, true rews) of a stored clip; small clips are read once and kept, image clips at every call."""
         if clip_id in self._clip_cache:
             return self._clip_cache[clip_id]
         arrays = load_clip_arrays(self.run_dir / self.store.clip(clip_id).npz)
-        if arrays[0].nbytes <= SPILL_BYTES:  # image clips are re-read at each fit, so memory stays flat
+        if arrays[0].nbytes <= SPILL_BYTES:  # image clips are never kept, so memory stays flat
             self._clip_cache[clip_id] = arrays
         return arrays
 

@@ -46,6 +46,12 @@ class _FitCount:
     def fitted(self) -> bool:
         return self.version > 0
 
+    @torch.no_grad()
+    def store_output_stats(self, raw: Tensor) -> None:
+        """Per-member mean/std of raw outputs (M, B): what the policy's rewards are normalised by."""
+        self.out_mean.copy_(raw.mean(1, keepdim=True))
+        self.out_std.copy_(raw.std(1, correction=0, keepdim=True).clamp_min(_OUT_STD_FLOOR))
+
 
 class RewardEnsemble(_FitCount, nn.Module):
     """Flat ensemble of MLP reward predictors r(s, a) (or r(s))."""
@@ -181,9 +187,7 @@ class RewardEnsemble(_FitCount, nn.Module):
     @torch.no_grad()
     def set_output_stats(self, x: Tensor) -> None:
         """Per-member mean/std of raw outputs over features x (B, F), in eval mode (no dropout)."""
-        raw = self._forward(x.reshape(-1, self.n_features), drop=False)
-        self.out_mean.copy_(raw.mean(1, keepdim=True))
-        self.out_std.copy_(raw.std(1, correction=0, keepdim=True).clamp_min(_OUT_STD_FLOOR))
+        self.store_output_stats(self._forward(x.reshape(-1, self.n_features), drop=False))
 
     def predict(self, obs: np.ndarray, acts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """obs (B, *obs_shape), acts (B, ...) -> (mean, std) over members, each (B,) float32; never dropout.
@@ -346,9 +350,7 @@ class CnnRewardEnsemble(_FitCount, nn.Module):
     @torch.no_grad()
     def set_output_stats(self, x: Tensor) -> None:
         """Per-member mean/std of raw outputs over features x (B, F), in eval mode."""
-        raw = self._forward(x.reshape(-1, self.n_features), training=False)
-        self.out_mean.copy_(raw.mean(1, keepdim=True))
-        self.out_std.copy_(raw.std(1, correction=0, keepdim=True).clamp_min(_OUT_STD_FLOOR))
+        self.store_output_stats(self._forward(x.reshape(-1, self.n_features), training=False))
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray, acts: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:

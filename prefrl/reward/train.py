@@ -10,6 +10,10 @@ outputs (scale frozen during a fit, reset after it) lets the L2 penalty and the
 renormalisation chase each other: on refits of the same 200 labels the L2 weight rose
 to ~5, output stds fell to ~3e-4 and validation accuracy fell from 0.86 to 0.68.
 
+Image clips may come as `ClipObsArray`s, read from disk per minibatch: a fit then holds a
+minibatch of clips rather than all of them (Atari: ~1.4 MB a label, ~4-8 GB at 3,000 labels
+held in memory). In-memory arrays are turned into features once for the whole fit, as before.
+
 Objective "target" (the paper's ablation) swaps the Bradley-Terry loss for the squared
 error between each clip's predicted return and its standardised true return; everything
 else (bootstrap, split, L2 adaptation, output normalisation) is the same, and the losses
@@ -19,7 +23,7 @@ in FitStats are then squared errors in units of the clips' return std.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -27,20 +31,29 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from prefrl.config import RewardConfig
-from prefrl.reward.model import RewardEnsemble
+from prefrl.reward.model import Ensemble, RewardEnsemble
+
+if TYPE_CHECKING:
+    from prefrl.clips import ClipObsArray
 
 L2_STEP = 1.05
 """Multiplicative change of a member's L2 weight per epoch when its val/train loss ratio leaves [1.1, 1.5]."""
 L2_RANGE = (1e-8, 10.0)
 RATIO_RANGE = (1.1, 1.5)
 """The paper keeps validation loss between 1.1 and 1.5 times the training loss."""
+LAZY_CHUNK_BYTES = 8 * 1024**2
+"""Clip features per pass over on-disk data when no gradient is needed (output statistics, losses): ~300 Atari
+frame stacks, about what the CNN runs at once anyway (CNN_CHUNK), so smaller passes cost no speed."""
+INPUT_STATS_LABELS = 16
+"""Labels whose clips set the input statistics of a first fit on on-disk data (image clips: the model
+scales bounded pixels by the space's bounds or 1/255, so the data's statistics barely matter)."""
 
 
 class PreferenceData(NamedTuple):
     label_ids: np.ndarray  # (N,) int, stable ids from the label store; decide the train/val split
-    obs_left: np.ndarray  # (N, T, *obs_shape)
+    obs_left: Union[np.ndarray, ClipObsArray]  # (N, T, *obs_shape); a ClipObsArray reads image clips on demand
     acts_left: np.ndarray  # (N, T, ...)
-    obs_right: np.ndarray  # (N, T, *obs_shape)
+    obs_right: Union[np.ndarray, ClipObsArray]  # (N, T, *obs_shape)
     acts_right: np.ndarray  # (N, T, ...)
     target: np.ndarray  # (N,) float P(left preferred): 1.0 left, 0.0 right, 0.5 equal
     true_returns: Optional[np.ndarray] = None  # (N, 2) true return of the left and right clip; objective "target"
@@ -112,15 +125,15 @@ class RewardTrainer:
         n = len(data.target)
         if n == 0:
             raise ValueError("fit needs at least one label")
+        lazy = not isinstance(data.obs_left, np.ndarray)
         if not ens.fitted:
-            ens.set_input_stats(np.concatenate([data.obs_left, data.obs_right]),
-                                None if data.acts_left is None else np.concatenate([data.acts_left, data.acts_right]))
+            part = slice(INPUT_STATS_LABELS) if lazy else slice(None)
+            ens.set_input_stats(np.concatenate([data.obs_left[part], data.obs_right[part]]),
+                                None if data.acts_left is None
+                                else np.concatenate([data.acts_left[part], data.acts_right[part]]))
 
-        with torch.no_grad():
-            # (N, 2, T, F): both clips of every label, normalised once for the whole fit
-            x = torch.stack([ens.features(data.obs_left, data.acts_left),
-                             ens.features(data.obs_right, data.acts_right)], dim=1)
-        t_len, n_feat = x.shape[2], x.shape[3]
+        x = _Pairs(ens, data)  # (N, 2, T, F): both clips of every label, normalised
+        t_len, n_feat = x.t_len, x.n_feat
         target = torch.as_tensor(data.target, dtype=torch.float32)
         true = standardised_returns(data) if cfg.objective == "target" else None
 
@@ -157,14 +170,14 @@ class RewardTrainer:
             if adapt:
                 # train loss: the epoch's running minibatch loss on each member's own resample (free;
                 # a full eval pass would double the fit time); val loss: an eval pass on val labels
-                val_loss = self._nll(x[val_t], target[val_t], None if true is None else true[val_t])[0].mean(1)
+                val_loss = self._nll_of(x, val_t, target, true)[0].mean(1)
                 ratio = val_loss / (train_sum / n_train).clamp_min(1e-12)
                 step = torch.where(ratio > RATIO_RANGE[1], L2_STEP, torch.where(ratio < RATIO_RANGE[0], 1 / L2_STEP, 1.0))
                 self.l2 = (self.l2 * step).clamp(*L2_RANGE)
 
-        ens.set_output_stats(x.reshape(-1, n_feat))
+        x.set_output_stats()
         ens.version += 1
-        nll, diff = self._nll(x, target, true)
+        nll, diff = self._nll_of(x, slice(None), target, true)
         train_loss = (nll * counts).sum(1) / n_train
         nan = float("nan")
         has_val = len(val_ids) > 0
@@ -176,6 +189,12 @@ class RewardTrainer:
             val_acc=_accuracy(diff[val_ids], target[val_ids]) if has_val else nan,
             l2=float(self.l2.mean()),
         )
+
+    def _nll_of(self, x: _Pairs, ids: Union[Tensor, slice], target: Tensor,
+                true: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """`_nll` of the labels `ids`, one chunk of clips at a time (in-memory data: one chunk)."""
+        parts = [self._nll(xs, target[part], None if true is None else true[part]) for part, xs in x.chunks(ids)]
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts])
 
     def _loss(self, ret: Tensor, target: Tensor, true: Optional[Tensor]) -> Tensor:
         """Predicted clip returns (M, n, 2) -> per-member, per-label loss (M, n) of the configured objective:
@@ -211,6 +230,62 @@ class RewardTrainer:
         self.l2 = d["l2"].clone().to(torch.float32)
         self.rng.bit_generator.state = d["np_rng"]
         self.gen.set_state(d["torch_rng"])
+
+
+class _Pairs:
+    """Model inputs (N, 2, T, F) of both clips of every label, indexed like a tensor by label ids.
+
+    In-memory data become one tensor for the whole fit: fast, and MLP clips are small. On-disk data
+    (ClipObsArray) are read and featurised per call, so a fit holds one minibatch or chunk of image clips.
+    """
+
+    def __init__(self, ens: Ensemble, data: PreferenceData):
+        self.ens, self.data = ens, data
+        self.n, self.t_len, self.n_feat = len(data.target), data.obs_left.shape[1], ens.n_features
+        self.x: Optional[Tensor] = None
+        if isinstance(data.obs_left, np.ndarray) and isinstance(data.obs_right, np.ndarray):
+            with torch.no_grad():
+                self.x = torch.stack([ens.features(data.obs_left, data.acts_left),
+                                      ens.features(data.obs_right, data.acts_right)], dim=1)
+            self.chunk = max(1, self.n)
+        else:
+            label_bytes = 2 * self.t_len * self.n_feat * (4 if isinstance(ens, RewardEnsemble) else 1)  # CNN: uint8
+            self.chunk = max(1, LAZY_CHUNK_BYTES // label_bytes)
+
+    def __getitem__(self, ids: Union[Tensor, slice]) -> Tensor:
+        """ids (...) label ids, or a slice -> (..., 2, T, F)."""
+        if self.x is not None:
+            return self.x[ids]
+        d, ens = self.data, self.ens
+        ids = np.arange(self.n)[ids] if isinstance(ids, slice) else np.asarray(ids)
+        with torch.no_grad():
+            return torch.stack([ens.features(d.obs_left[ids], None if d.acts_left is None else d.acts_left[ids]),
+                                ens.features(d.obs_right[ids], None if d.acts_right is None else d.acts_right[ids])],
+                               dim=ids.ndim)
+
+    def chunks(self, ids: Union[Tensor, slice]) -> Iterator[tuple[Union[Tensor, slice], Tensor]]:
+        """(part of ids, its inputs) in pieces of at most `chunk` labels: one piece for in-memory data."""
+        ids = torch.arange(self.n)[ids] if isinstance(ids, slice) and self.x is None else ids
+        if self.x is not None or len(ids) <= self.chunk:
+            yield ids, self[ids]
+            return
+        for start in range(0, len(ids), self.chunk):
+            part = ids[start:start + self.chunk]
+            yield part, self[part]
+
+    @torch.no_grad()
+    def set_output_stats(self) -> None:
+        """The ensemble's per-member output mean/std over all clips; on-disk data chunk by chunk (the same
+        statistics, up to summation order)."""
+        ens = self.ens
+        if self.x is not None:
+            ens.set_output_stats(self.x.reshape(-1, self.n_feat))
+            return
+        was_training = ens.training
+        ens.eval()  # no dropout, running batch-norm statistics: what set_output_stats uses
+        raw = torch.cat([ens.raw_rewards(xs.reshape(-1, self.n_feat)) for _, xs in self.chunks(slice(None))], dim=1)
+        ens.train(was_training)
+        ens.store_output_stats(raw)
 
 
 def _accuracy(diff: Tensor, target: Tensor) -> float:
