@@ -301,8 +301,9 @@ def plot_task(task: Task, rows: list[dict], out_png: Path) -> Optional[Path]:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # steps where no episode ended yet: NaN
                 mean = np.nanmean(np.where(np.isfinite(ys), ys, np.nan), axis=0)
-            ax.plot(curves[0][0][:n], mean, color=f"C{i}", marker="o" if n < 20 else None,
-                    label=f"{m} ({len(curves)} seeds)")
+            seen = np.isfinite(mean)  # rows where no episode ended (long MuJoCo episodes): skip, do not break the line
+            ax.plot(curves[0][0][:n][seen], mean[seen], color=f"C{i}", marker="o" if seen.sum() < 20 else None,
+                    label=f"{m} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
         ax.set_title(env_id, fontsize=9)
         ax.set_xlabel("PPO env steps")
         ax.set_ylabel("true episode return (mean over seeds)")
