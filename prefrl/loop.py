@@ -269,8 +269,8 @@ class Trainer:
         pending = self.store.pending_pairs()
         if not pending:
             return 0
-        answers = self.teacher.answer(np.stack([self._clip_arrays(p.left_clip)[2] for p in pending]),
-                                      np.stack([self._clip_arrays(p.right_clip)[2] for p in pending]))
+        answers = self.teacher.answer(np.stack([self._clip_rews(p.left_clip) for p in pending]),
+                                      np.stack([self._clip_rews(p.right_clip) for p in pending]))
         filled = 0
         for pair, ans in zip(pending, answers):
             try:
@@ -323,6 +323,12 @@ class Trainer:
         obs_l, acts_l, ret_l = on_disk([r.left_clip for r in records])
         obs_r, acts_r, ret_r = on_disk([r.right_clip for r in records])
         return PreferenceData(label_ids, obs_l, acts_l, obs_r, acts_r, target, np.stack([ret_l, ret_r], axis=1))
+
+    def _clip_rews(self, clip_id: str) -> np.ndarray:
+        """A stored clip's true rewards, without reading an image clip's observations."""
+        if clip_id in self._clip_cache:
+            return self._clip_cache[clip_id][2]
+        return load_clip_acts_rews(self.run_dir / self.store.clip(clip_id).npz)[1]
 
     def _clip_arrays(self, clip_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(obs, acts, true rews) of a stored clip; small clips are read once and kept, image clips at every call."""
