@@ -322,6 +322,8 @@ def _task_main(task: Task, argv: list[str]) -> int:
                     help="; ".join(f"{k}: {v}" for k, v in task.budgets.items()))
     ap.add_argument("--envs", default=",".join(task.envs), help=f"comma-separated env ids (default {','.join(task.envs)})")
     ap.add_argument("--seeds", type=int, default=task.seeds, help=f"seeds per method (default {task.seeds})")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run from here (adding seeds to an earlier invocation without repeating its runs)")
     ap.add_argument("--steps", type=int, default=None, help="PPO steps per run (default: the budget's)")
     ap.add_argument("--methods", default=None, help="comma-separated: ppo_true and pref_<labels> (default: the budget's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel runs (one core each)")
@@ -350,7 +352,7 @@ def _task_main(task: Task, argv: list[str]) -> int:
                 load_start=" / ".join(f"{x:.2f}" for x in os.getloadavg()), workers=args.workers, steps=steps,
                 runs_dir=str(runs_dir), budget=args.budget, eval_episodes=eval_episodes)
     t0 = time.monotonic()
-    jobs = [(e, m, s) for s in range(args.seeds) for e in envs for m in methods]
+    jobs = [(e, m, s) for s in range(args.first_seed, args.first_seed + args.seeds) for e in envs for m in methods]
     rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=args.workers, max_tasks_per_child=1) as pool:
         futures = {pool.submit(run_task_one, task.name, e, m, s, steps, str(runs_dir), flags): (e, m, s)
