@@ -92,8 +92,9 @@ def _train(argv: list[str]) -> int:
     pre.add_argument("--resume", type=Path)
     known, rest = pre.parse_known_args(argv)
 
-    from prefrl.loop import resume, train
+    from prefrl.loop import resume, stop_on_sigint, train
 
+    stop_on_sigint()
     if known.resume is not None:
         if rest and rest != ["--no-progress-bar"]:
             raise SystemExit(f"prefrl: error: --resume takes no other flags (got {' '.join(rest)}); "

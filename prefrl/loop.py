@@ -19,7 +19,9 @@ import math
 import os
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -57,6 +59,27 @@ EPISODE_METRIC_PREFIX = "ep_"
 """progress.csv also gets one column `ep_<name>` per episode metric the env declares (prefrl.envs.episode_metrics,
 e.g. ep_points_won): its mean over the episodes that ended in the rollout (true env numbers, like the true return)."""
 NO_FIT = FitStats(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+
+
+_INTERRUPTED = threading.Event()
+
+
+def stop_on_sigint() -> None:
+    """Ctrl+C raises KeyboardInterrupt as usual and is also remembered, so the loop stops at its next env step
+    even when the interpreter swallowed the exception: a SIGINT that lands while the process forks (ffmpeg for
+    each clip video) is raised inside an at-fork hook and only printed ("Exception ignored in ... _releaseLock"),
+    and the run carried on until killed. Main thread only (the CLI)."""
+
+    def handler(signum: int, frame: object) -> None:
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _check_interrupt() -> None:
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 class RunError(RuntimeError):
@@ -207,6 +230,7 @@ class Trainer:
         with tqdm(total=want, initial=have, desc="labels", unit="label", file=sys.stderr,
                   disable=not self.cfg.progress_bar) as bar:
             while have < want:
+                _check_interrupt()
                 if fb.oracle_fill:
                     self._fill_pending()
                 time.sleep(0.5)
@@ -224,6 +248,7 @@ class Trainer:
         min_steps = self.cfg.rollout_steps
         steps = 0
         while steps < min_steps or len(self.recorder.pool) < min(clips_wanted, self.recorder.pool.maxlen):
+            _check_interrupt()
             actions, _ = self.model.predict(obs, deterministic=False)
             obs, _, _, _ = self.venv.step(actions)
             steps += self.venv.num_envs
@@ -548,6 +573,7 @@ class _LoopCallback(BaseCallback):
         self.started = True
 
     def _on_step(self) -> bool:
+        _check_interrupt()
         for info in self.locals["infos"]:
             if "episode" in info:
                 self.true_returns.append(info["episode"]["r"])

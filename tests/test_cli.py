@@ -166,3 +166,22 @@ def test_checkpoint_policy_replays_the_runs_own_evaluation(tmp_path):
     assert evaluate(policy, cfg.env, len(reported)).tolist() == pytest.approx(reported)
     policy_video(run, tmp_path / "v.mp4", steps=30)
     assert iio.imread(tmp_path / "v.mp4").shape[0] == 30
+
+
+def test_an_interrupt_the_interpreter_swallowed_still_stops_the_run(tmp_path):
+    """A SIGINT landing in a fork's at-fork hook (ffmpeg per clip video) is printed, not raised; the loop must
+    stop anyway at its next step, keep what it wrote, and resume. Simulated by remembering the interrupt only."""
+    from prefrl import loop
+    from prefrl.cli import parse_train_config
+
+    run = tmp_path / "run"
+    cfg = parse_train_config(["--run-dir", str(run), *TINY])
+    loop._INTERRUPTED.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.train(cfg)
+    finally:
+        loop._INTERRUPTED.clear()
+    assert (run / "config.json").exists() and (run / "labels.sqlite").exists()
+    r = prefrl("train", "--resume", str(run), "--no-progress-bar")
+    assert r.returncode == 0, r.stderr
