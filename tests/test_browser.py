@@ -59,10 +59,13 @@ def _wait_playing(page) -> list[dict]:
             f"x.width > 0 && x.error === null) ? v : null; }}"
     states = _wait(page, check, slot, what="both videos to be playable")
     t0 = [s["time"] for s in states]
-    time.sleep(0.4)
-    moved = page.evaluate(VIDEO_STATE, slot)
-    assert all(m["time"] != t for m, t in zip(moved, t0)), f"videos do not advance: {t0} -> {moved}"
-    return states
+    deadline = time.monotonic() + 5.0  # headless Chromium without a GPU sometimes stalls a moment at the start
+    while True:
+        time.sleep(0.2)
+        moved = page.evaluate(VIDEO_STATE, slot)
+        if all(m["time"] != t for m, t in zip(moved, t0)):
+            return states
+        assert time.monotonic() < deadline, f"videos do not advance in 5 s: {t0} -> {moved}"
 
 
 def test_label_page_in_chromium(tmp_path):
@@ -160,6 +163,8 @@ def test_prefrl_app_off_localhost_needs_the_printed_token(tmp_path):
                 assert page.locator(".st-key-ans_left").count() == 0
             with demo.open_page(pw, f"{base}?labeler=erin&token={token}") as (page, errors):
                 assert _shown_pair(page) == 1
+                _wait(page, "() => window.__prefrlKeys === true && "  # a key pressed before the listener is lost
+                            "!!document.querySelector('.st-key-ans_left button:not([disabled])')", what="the key listener")
                 page.keyboard.press("ArrowLeft")
                 _wait(page, "() => { const m = document.querySelector('.prefrl-render'); "
                             "return m && m.dataset.pair === '2'; }", what="the second pair")
