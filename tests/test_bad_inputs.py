@@ -453,6 +453,11 @@ SETUPS["app_no_store"] = lambda w, s: (w / "app").mkdir()
 SETUPS["app_cli_not_a_run"] = lambda w, s: (w / "empty").mkdir()
 
 T = TINY
+
+def _resume_run(w, s):
+    """`prefrl train --resume` on the case's prepared run folder."""
+    return cli("train", "--resume", str(w / "run"))
+
 CASES: list[Case] = [
     # --- the CLI -------------------------------------------------------------------------------------------
     Case("unknown_env", "cli", "--env CartPol-v1 (typo)", "did you mean CartPole-v1",
@@ -531,34 +536,34 @@ CASES: list[Case] = [
          lambda w, s: cli("train", "--run-dir", str(w / "run"), *T, "--labels", str(s / "labels.sqlite"),
                           "--reward-model", str(s))),
     Case("resume_not_a_run", "cli", "--resume of a folder that is not a run", "not a run folder",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     Case("resume_with_flags", "cli", "--resume RUN --env CartPole-v1", "takes no other flags",
          lambda w, s: cli("train", "--resume", str(w / "run"), "--env", "CartPole-v1")),
     Case("resume_in_use", "cli", "--resume of a run another trainer is running", "in use by another",
          _with_lock_held),
     Case("resume_newer_store", "cli", "--resume of a run whose labels.sqlite is from a newer prefrl",
-         "upgrade prefrl", lambda w, s: cli("train", "--resume", str(w / "run"))),
+         "upgrade prefrl", _resume_run),
     Case("resume_incomplete_checkpoint", "cli", "--resume when checkpoints/latest names a missing folder",
-         "is incomplete", lambda w, s: cli("train", "--resume", str(w / "run"))),
+         "is incomplete", _resume_run),
     Case("app_cli_not_a_run", "cli", "prefrl app on a folder without labels.sqlite", "has no labels.sqlite",
          lambda w, s: cli("app", str(w / "empty"))),
     Case("app_cli_short_token", "cli", "prefrl app --address 0.0.0.0 --token abc", "--token must be",
          lambda w, s: cli("app", "--address", "0.0.0.0", "--token", "abc")),
     # --- config.json, read by --resume -----------------------------------------------------------------------
     Case("resume_corrupt_config", "config", "config.json cut short", "is not valid JSON",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     Case("resume_config_not_object", "config", "config.json holding a list", "must hold a JSON object",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     Case("resume_config_unknown_key", "config", "config.json with an unknown setting", "unknown setting(s)",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     Case("resume_config_bad_value", "config", "config.json with total_labels -5", "--total-labels must be > 0",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     Case("resume_config_wrong_type", "config", 'config.json with n_envs "four"', "--n-envs must be an integer",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     Case("resume_config_unknown_teacher", "config", 'config.json with teacher "nobody"', "--teacher must be one of",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     Case("resume_config_nan", "config", "config.json with learning_rate NaN", "must be a finite number",
-         lambda w, s: cli("train", "--resume", str(w / "run"))),
+         _resume_run),
     # --- the label store ------------------------------------------------------------------------------------
     Case("store_stale_pair", "store", "a label for a pair this labeler already answered (second tab)",
          "already answered by alice", lambda w, s: _store_dup(w)),
