@@ -234,6 +234,14 @@ def run_task_one(task_name: str, env_id: str, method: str, seed: int, steps: int
 
 
 def summarise_task(task: Task, rows: list[dict], meta: dict) -> str:
+    if "combined" in meta:  # rows of several invocations: their own .md files hold each one's date and load
+        lines = [f"# {task.name} benchmark", "",
+                 f"Command: `{meta['command']}`  ",
+                 f"Combined from the rows of {len(meta['combined'])} invocations ({', '.join(meta['combined'])}); "
+                 f"each one's date, load and budget are in its own .md. Every run: {meta['steps']:,} PPO steps, "
+                 "the env family's preset, scored on the TRUE reward over deterministic episodes (reset seeds "
+                 "10000...). Steps/s compares fairly only between runs of one invocation.", ""]
+        return _task_tables(task, rows, lines, meta)
     lines = [
         f"# {task.name} benchmark",
         "",
@@ -247,6 +255,10 @@ def summarise_task(task: Task, rows: list[dict], meta: dict) -> str:
         "and the final evaluation included).",
         "",
     ]
+    return _task_tables(task, rows, lines, meta)
+
+
+def _task_tables(task: Task, rows: list[dict], lines: list[str], meta: dict) -> str:
     for env_id in dict.fromkeys(r["env"] for r in rows):
         env_rows = [r for r in rows if r["env"] == env_id]
         by = {m: [r for r in env_rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in env_rows)}
@@ -267,8 +279,10 @@ def summarise_task(task: Task, rows: list[dict], meta: dict) -> str:
             lines.append(f"| {m} | {len(rs)} | {max(r['labels'] for r in rs)} | {mean:.1f} ± {sd:.1f} | {min(xs):.1f} "
                          f"| {rel} | {sps:.0f} | {slow} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
         lines.append("")
-    lines += [f"Per-run rows: `{task.name}.csv`; curves (true episode return vs PPO steps, mean over seeds): "
-              f"`{task.name}.png`. Run folders: `{meta['runs_dir']}` (not committed)."]
+    folders = f"Run folders: `{meta['runs_dir']}`" if "runs_dir" in meta else "Run folders: the `run_dir` column"
+    curves = (f"curves (true episode return vs PPO steps, mean over the seeds whose run folder was on disk): "
+              f"`{task.name}.png`" if meta.get("png", True) else "no curves (no run folder was on disk)")
+    lines += [f"Per-run rows: `{task.name}.csv`; {curves}. {folders} (not committed)."]
     return "\n".join(lines) + "\n"
 
 
@@ -286,6 +300,7 @@ def plot_task(task: Task, rows: list[dict], out_png: Path) -> Optional[Path]:
     if not envs:
         return None
     fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), dpi=100, squeeze=False)
+    drawn = 0
     for ax, env_id in zip(axes[0], envs):
         for i, m in enumerate(dict.fromkeys(r["method"] for r in rows if r["env"] == env_id)):
             curves = []
@@ -304,10 +319,15 @@ def plot_task(task: Task, rows: list[dict], out_png: Path) -> Optional[Path]:
             seen = np.isfinite(mean)  # rows where no episode ended (long MuJoCo episodes): skip, do not break the line
             ax.plot(curves[0][0][:n][seen], mean[seen], color=f"C{i}", marker="o" if seen.sum() < 20 else None,
                     label=f"{m} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            drawn += 1
         ax.set_title(env_id, fontsize=9)
         ax.set_xlabel("PPO env steps")
         ax.set_ylabel("true episode return (mean over seeds)")
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    if not drawn:  # no run folder left on disk (combined rows of earlier sessions): no empty figure
+        plt.close(fig)
+        return None
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
@@ -328,9 +348,14 @@ def _task_main(task: Task, argv: list[str]) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated: ppo_true and pref_<labels> (default: the budget's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel runs (one core each)")
     ap.add_argument("--out", type=Path, default=Path("results/bench"), help=f"where {task.name}.csv/.md/.png go")
+    ap.add_argument("--combine", type=Path, nargs="+", metavar="CSV",
+                    help=f"run nothing: write {task.name}.md/.png to --out from the rows of earlier invocations' "
+                         f"{task.name}.csv files (seeds added over several sessions)")
     ap.epilog = "Flags after `--` are prefrl train flags applied to every run (all methods alike), after the preset's."
     cut = argv.index("--") if "--" in argv else len(argv)
     args = ap.parse_args(argv[:cut])
+    if args.combine:
+        return _combine(task, args.combine, args.out, argv)
     flags = [*task.flags[args.budget], *argv[cut + 1:]]
     steps = args.steps or task.steps[args.budget]
     methods = [m for m in (args.methods or ",".join(task.methods[args.budget])).split(",") if m]
@@ -372,6 +397,52 @@ def _task_main(task: Task, argv: list[str]) -> int:
     plot_task(task, rows, args.out / f"{task.name}.png")
     (args.out / f"{task.name}.md").write_text(summarise_task(task, rows, meta))
     print((args.out / f"{task.name}.md").read_text())
+    return 0
+
+
+def read_task_rows(paths: list[Path]) -> list[dict]:
+    """Rows of several `<task>.csv` files, numbers parsed; one row per (env, method, seed) or a one-line error."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"prefrl bench: no such file {path}; pass the .csv files earlier invocations wrote")
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if set(reader.fieldnames or ()) != set(TASK_COLUMNS):
+                raise SystemExit(f"prefrl bench: {path} is not a benchmark csv (columns {reader.fieldnames}); "
+                                 f"pass files with the columns {','.join(TASK_COLUMNS)}")
+            for raw in reader:
+                row = dict(raw, seed=int(raw["seed"]), labels=int(raw["labels"]), steps=int(raw["steps"]),
+                           **{k: float(raw[k]) for k in ("true_return", "wall_seconds", "steps_per_second",
+                                                         "peak_rss_mb")})
+                key = (row["env"], row["method"], row["seed"])
+                if key in rows:
+                    raise SystemExit(f"prefrl bench: {key[0]} {key[1]} seed {key[2]} is in more than one file "
+                                     f"({path}); pass each run once")
+                rows[key] = row
+    return list(rows.values())
+
+
+def _combine(task: Task, paths: list[Path], out: Path, argv: list[str]) -> int:
+    rows = read_task_rows(paths)
+    if not rows:
+        raise SystemExit("prefrl bench: the files hold no runs; pass the .csv files earlier invocations wrote")
+    steps = sorted({r["steps"] for r in rows})
+    if len(steps) > 1:
+        raise SystemExit(f"prefrl bench: the files mix PPO step budgets {steps}; combine runs of one budget only")
+    envs = list(dict.fromkeys(r["env"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in sorted(rows, key=lambda r: r["method"] != "ppo_true")))
+    rows.sort(key=lambda r: (envs.index(r["env"]), methods.index(r["method"]), r["seed"]))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{task.name}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, TASK_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    png = plot_task(task, rows, out / f"{task.name}.png")
+    md = summarise_task(task, rows, dict(combined=[str(p) for p in paths], command="prefrl bench " + " ".join(argv),
+                                         steps=steps[0], png=png is not None))
+    (out / f"{task.name}.md").write_text(md)
+    print(md)
     return 0
 
 

@@ -20,3 +20,45 @@ def test_tiny_bench_writes_csv_and_markdown(tmp_path):
     assert int(pref["labels"]) == 50 and int(pref["steps"]) == 1024 and float(pref["peak_rss_mb"]) > 50
     md = (out / "pendulum.md").read_text()
     assert "wall / PPO-true" in md and "| random | 1 |" in md and "load average" in md
+
+
+def _write_task_csv(path, rows):
+    from prefrl.bench import TASK_COLUMNS
+
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, TASK_COLUMNS)
+        w.writeheader()
+        for env, method, seed, ret in rows:
+            w.writerow(dict(env=env, method=method, seed=seed, labels=0 if method == "ppo_true" else int(method[5:]),
+                            steps=1000, true_return=ret, wall_seconds=10.0, steps_per_second=100.0, peak_rss_mb=400.0,
+                            run_dir=str(path.parent / "gone")))
+
+
+def test_combine_merges_seeds_of_several_invocations(tmp_path):
+    from prefrl.bench import main
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    _write_task_csv(a, [("Hopper-v5", "pref_350", 0, 1000.0), ("Hopper-v5", "ppo_true", 0, 2000.0)])
+    _write_task_csv(b, [("Hopper-v5", "ppo_true", 1, 3000.0), ("Hopper-v5", "pref_350", 1, 2000.0)])
+    out = tmp_path / "out"
+    assert main(["mujoco", "--combine", str(a), str(b), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "mujoco.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [("ppo_true", "0"), ("ppo_true", "1"), ("pref_350", "0"),
+                                                         ("pref_350", "1")]
+    md = (out / "mujoco.md").read_text()
+    assert "| ppo_true | 2 | 0 | 2500.0 ± 707.1 | 2000.0 | 1.00 |" in md
+    assert "| pref_350 | 2 | 350 | 1500.0 ± 707.1 | 1000.0 | 0.60 |" in md
+    assert "Combined from the rows of 2 invocations" in md
+
+
+def test_combine_refuses_a_run_given_twice(tmp_path, capsys):
+    import pytest
+
+    from prefrl.bench import main
+
+    a = tmp_path / "a.csv"
+    _write_task_csv(a, [("Hopper-v5", "ppo_true", 0, 2000.0)])
+    with pytest.raises(SystemExit, match="seed 0 is in more than one file"):
+        main(["mujoco", "--combine", str(a), str(a), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["mujoco", "--combine", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out")])
