@@ -247,8 +247,16 @@ class Trainer:
         obs = self.venv.reset()
         min_steps = self.cfg.rollout_steps
         steps = 0
+        sde, freq = self.model.use_sde, self.model.sde_sample_freq
         while steps < min_steps or len(self.recorder.pool) < min(clips_wanted, self.recorder.pool.maxlen):
             _check_interrupt()
+            # gSDE's exploration matrix is drawn once at PPO's construction; `predict` never redraws it, so without
+            # this the "random" policy is one fixed function of the state (on Pendulum: ~+1.5 torque in every
+            # clip) and the first labels teach the reward model that torque or spin direction is good. Redraw as
+            # PPO's own rollouts do (SB3 collect_rollouts): per env, every sde_sample_freq steps, or per rollout.
+            step = steps // self.venv.num_envs
+            if sde and (step % (freq if freq > 0 else self.cfg.ppo.n_steps) == 0):
+                self.model.policy.reset_noise(self.venv.num_envs)
             actions, _ = self.model.predict(obs, deterministic=False)
             obs, _, _, _ = self.venv.step(actions)
             steps += self.venv.num_envs
