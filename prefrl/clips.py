@@ -124,6 +124,7 @@ class ClipRecorder(VecEnvWrapper):
         self._rew_buf = np.zeros((n, T), dtype=np.float32)
         self._frames: list[list[np.ndarray]] = [[] for _ in range(n)]
         self._cursor = np.zeros(n, dtype=np.int64)
+        self._env_idx = np.arange(n)
         self._obs: Optional[np.ndarray] = None
         self._actions: Optional[np.ndarray] = None
         self._current_frames: Optional[list[np.ndarray]] = None
@@ -161,7 +162,7 @@ class ClipRecorder(VecEnvWrapper):
         obs, rews, dones, infos = self.venv.step_wait()
         acts = action_array(self.action_space, self._actions)
         c = self._cursor
-        idx = np.arange(self.num_envs)
+        idx = self._env_idx
         self._obs_buf[idx, c] = self._obs
         self._act_buf[idx, c] = acts
         self._rew_buf[idx, c] = rews
@@ -170,12 +171,15 @@ class ClipRecorder(VecEnvWrapper):
                 self._frames[i].append(self._current_frames[i])
         c += 1
         self.steps += self.num_envs
-        for i in np.flatnonzero(c == self.clip_length):
-            self._emit(i)
+        full = c == self.clip_length
+        if full.any():  # the checks cost ~1 us, the loops over no index ~7 us each: most steps end no clip
+            for i in np.flatnonzero(full):
+                self._emit(i)
         # A clip cut short by an episode end is dropped: clips never span two episodes.
-        c[dones] = 0
-        for i in np.flatnonzero(dones):
-            self._frames[i].clear()
+        if dones.any():
+            c[dones] = 0
+            for i in np.flatnonzero(dones):
+                self._frames[i].clear()
         self._obs = np.asarray(obs)
         if self.renderer is not None:  # the state the next action starts from (a new episode's after a done)
             reset_infos = self._reset_infos() if dones.any() else None  # only needed after an episode end

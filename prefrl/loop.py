@@ -278,10 +278,12 @@ class Trainer:
                 return 0
         choices = self.sampler.select(candidates, n, self.rng)
         version = self.ensemble.version
-        for c in {i for ch in choices for i in (ch.left, ch.right)}:
+        rows = []
+        for c in sorted({i for ch in choices for i in (ch.left, ch.right)}):
             clip = candidates[c]
             npz, video = save_clip(clip, self.run_dir, fps=self.cfg.feedback.video_fps)
-            self.store.add_clip(clip.id, clip.env_step, clip.true_return, len(clip), npz, video)
+            rows.append((clip.id, clip.env_step, clip.true_return, len(clip), npz, video))
+        self.store.add_clips(rows)
         rules: dict[str, list] = {}
         for ch in choices:
             rules.setdefault(ch.rule, []).append(ch)

@@ -252,3 +252,25 @@ def test_fast_predict_matches_the_torch_members() -> None:
         np.testing.assert_allclose(mean, r.mean(0), atol=1e-5)
         np.testing.assert_allclose(std, r.std(0), atol=1e-5)
         trainer.fit(oracle_data(40, t=6, seed=4), epochs=3)  # weights and stats change in place
+
+
+def test_mean_only_predict_and_cached_version_follow_fits_and_loads() -> None:
+    """LearnedReward's per-step path (with_std=False, the cached `fitted`) must see every fit and every load."""
+    ens, trainer = make(RewardConfig(use_actions=True))
+    obs, acts = random_steps(np.random.default_rng(2), (4,), False)
+    assert not ens.fitted
+    before = ens.predict(obs, acts, with_std=False)
+    assert before[1] is None
+    trainer.fit(oracle_data(40, t=6), epochs=2)
+    assert ens.fitted and ens.version == 1
+    after = ens.predict(obs, acts, with_std=False)[0]
+    np.testing.assert_array_equal(after, ens.predict(obs, acts)[0])
+    assert not np.array_equal(after, before[0])
+    fresh = RewardEnsemble(OBS, BOX, RewardConfig(use_actions=True), seed=9)
+    fresh.predict(obs, acts)  # caches views and the output scale of the unfitted model
+    assert not fresh.fitted
+    fresh.load_state_dict(roundtrip(ens.state_dict()))
+    assert fresh.fitted and fresh.version == 1  # the cached version was refreshed by the load
+    np.testing.assert_array_equal(fresh.predict(obs, acts, with_std=False)[0], after)  # and the output scale
+    fresh.load_state_dict(roundtrip(RewardEnsemble(OBS, BOX, RewardConfig(use_actions=True)).state_dict()))
+    assert not fresh.fitted

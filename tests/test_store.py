@@ -204,3 +204,12 @@ def test_absolute_clip_path_refused(tmp_path):
     store = LabelStore(tmp_path / "labels.sqlite")
     with pytest.raises(StoreError, match="relative to the run folder"):
         store.add_clip("c", 0, 0.0, 25, npz=tmp_path / "clips" / "c.npz")
+
+
+def test_add_clips_writes_all_rows_in_one_transaction_or_none(tmp_path):
+    store = LabelStore(tmp_path / "labels.sqlite")
+    store.add_clips([(f"c{i}", i, float(i), 25, f"clips/c{i}.npz", None) for i in range(3)])
+    assert [c.id for c in store.clips()] == ["c0", "c1", "c2"]
+    with pytest.raises(StoreError, match="inside it"):  # one bad path refuses the whole batch
+        store.add_clips([("c3", 3, 0.0, 25, "clips/c3.npz", None), ("c4", 4, 0.0, 25, "../escape.npz", None)])
+    assert [c.id for c in store.clips()] == ["c0", "c1", "c2"]

@@ -33,18 +33,29 @@ class _FitCount:
     so checkpoints keep it."""
 
     fit_count: torch.Tensor
+    _version: Optional[int] = None
+    """A Python copy of fit_count: LearnedReward asks `fitted` every env step, and reading a tensor costs ~5 us.
+    Refreshed by the setter and by load_state_dict, the only two writers of fit_count."""
 
     @property
     def version(self) -> int:
-        return int(self.fit_count)
+        if self._version is None:
+            self._version = int(self.fit_count)
+        return self._version
 
     @version.setter
     def version(self, value: int) -> None:
         self.fit_count.fill_(int(value))
+        self._version = int(value)
 
     @property
     def fitted(self) -> bool:
         return self.version > 0
+
+    def load_state_dict(self, *args, **kwargs):  # noqa: D102 - nn.Module's, plus the version cache above
+        out = super().load_state_dict(*args, **kwargs)  # type: ignore[misc]
+        self._version = None
+        return out
 
     @torch.no_grad()
     def store_output_stats(self, raw: Tensor) -> None:
@@ -189,8 +200,10 @@ class RewardEnsemble(_FitCount, nn.Module):
         """Per-member mean/std of raw outputs over features x (B, F), in eval mode (no dropout)."""
         self.store_output_stats(self._forward(x.reshape(-1, self.n_features), drop=False))
 
-    def predict(self, obs: np.ndarray, acts: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, obs: np.ndarray, acts: Optional[np.ndarray],
+                with_std: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """obs (B, *obs_shape), acts (B, ...) -> (mean, std) over members, each (B,) float32; never dropout.
+        with_std=False skips the std (None): LearnedReward needs only the mean.
 
         Called every PPO env step with B = n_envs, where torch's per-op overhead (~5-10 us an op) was most
         of the cost: this runs the same maths in numpy on views of the parameters and buffers (they share
@@ -204,6 +217,8 @@ class RewardEnsemble(_FitCount, nn.Module):
         w, b = v["last"]
         r = ((h @ w + b)[..., 0] - v["out_mean"]) * v["out_scale"]  # (M, B), normalised per member
         mean = r.sum(0) / self.n_members  # np.mean/np.std cost ~10 us each on arrays this small
+        if not with_std:
+            return mean, None
         d = r - mean
         return mean, np.sqrt((d * d).sum(0) / self.n_members)
 
@@ -353,11 +368,12 @@ class CnnRewardEnsemble(_FitCount, nn.Module):
         self.store_output_stats(self._forward(x.reshape(-1, self.n_features), training=False))
 
     @torch.no_grad()
-    def predict(self, obs: np.ndarray, acts: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """obs (B, C, H, W) -> (mean, std) over members, each (B,) float32; eval mode. One batched pass per
-        PPO step over all envs."""
+    def predict(self, obs: np.ndarray, acts: Optional[np.ndarray] = None,
+                with_std: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """obs (B, C, H, W) -> (mean, std) over members, each (B,) float32 (std None unless with_std); eval mode.
+        One batched pass per PPO step over all envs."""
         r = self._normalise(self._forward(self.features(obs).reshape(-1, self.n_features), training=False))
-        return r.mean(0).numpy(), r.std(0, correction=0).numpy()
+        return r.mean(0).numpy(), r.std(0, correction=0).numpy() if with_std else None
 
     @torch.no_grad()
     def clip_returns(self, obs: np.ndarray, acts: Optional[np.ndarray] = None) -> np.ndarray:

@@ -42,7 +42,7 @@ class LearnedReward(VecEnvWrapper):
     def step_wait(self):
         obs, true_rews, dones, infos = self.venv.step_wait()
         if self.ensemble.fitted:
-            rews, _ = self.ensemble.predict(self._obs, self._acts)
+            rews, _ = self.ensemble.predict(self._obs, self._acts, with_std=False)
         else:
             rews = np.zeros(self.num_envs, dtype=np.float32)
         self._episode += rews
