@@ -117,6 +117,8 @@ def _pendulum_main(argv: list[str]) -> int:
     ap.add_argument("task", choices=["pendulum", *TASKS], help="benchmark to run (mujoco and pong: prefrl bench "
                                                               "mujoco --help)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds per method (default 5)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (default 0): more seeds "
+                                                              "in a later invocation without repeating runs")
     ap.add_argument("--steps", type=int, default=122_880, help="PPO steps per run (default 122,880)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel runs (one core each)")
@@ -140,7 +142,7 @@ def _pendulum_main(argv: list[str]) -> int:
                 load_start=" / ".join(f"{x:.2f}" for x in os.getloadavg()), workers=args.workers,
                 steps=args.steps, runs_dir=str(runs_dir))
     t0 = time.monotonic()
-    jobs = [(m, s) for s in range(args.seeds) for m in methods]
+    jobs = [(m, s) for s in range(args.first_seed, args.first_seed + args.seeds) for m in methods]
     rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=args.workers, max_tasks_per_child=1) as pool:
         futures = {pool.submit(run_one, m, s, args.steps, str(runs_dir), args.train_flags): (m, s) for m, s in jobs}

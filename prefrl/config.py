@@ -59,7 +59,8 @@ class EnvConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO hyperparameters; defaults are rl-zoo's tuned Pendulum-v1 settings plus an entropy bonus."""
+    """PPO hyperparameters; defaults are rl-zoo's tuned Pendulum-v1 settings with an entropy bonus and a lower
+    learning rate (results/bench/README.md)."""
 
     n_steps: int = 1024
     """Steps per env per rollout; the reward loop runs once per rollout."""
@@ -67,8 +68,10 @@ class PPOConfig:
     """Minibatch size of PPO updates."""
     n_epochs: int = 10
     """PPO epochs over each rollout."""
-    learning_rate: float = 1e-3
-    """Adam learning rate of the policy."""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the policy. rl-zoo's Pendulum value, 1e-3, left PPO-true itself unstable over 5 seeds
+    (-209 +- 76, worst -330); 3e-4 gave -135.4 +- 1.2 in the same 122,880 steps, and preference runs more time
+    before the policy settles on what an early reward model liked."""
     gamma: float = 0.9
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -105,10 +108,12 @@ class RewardConfig:
     """Members of the ensemble, each fit on its own bootstrap resample of the labels."""
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer sizes of each member (leaky ReLU)."""
-    use_actions: bool = True
-    """Feed (observation, action) to the reward model, as the paper does; False uses observations only.
-    Measured on Pendulum (results/bench): (obs, action) scored higher on average, though in 1-2 of 5 seeds
-    PPO gamed a spurious liking for full torque and spun; obs-only avoided that but lost more elsewhere."""
+    use_actions: bool = False
+    """Feed (observation, action) to the reward model, as the paper does (MuJoCo preset); the default feeds
+    observations only. The policy sets its actions directly, so any liking for an action that a model fit on a
+    dozen labels picks up by chance is the first thing PPO exploits: on Pendulum with (obs, action) 1-3 of 5
+    seeds per setting ended spinning at full torque (about -1600, worse than random); MiniPong's paddle parked
+    at a wall the same way (results/bench/README.md)."""
     dropout: float = 0.0
     """Dropout probability in each member's hidden layers."""
     random_answer_prob: float = 0.1
@@ -171,6 +176,11 @@ class FeedbackConfig:
     25-step clips of the initial policy differ more than 100-step ones, so early labels say more)."""
     sampler: Literal["disagreement", "random"] = "disagreement"
     """Pair choice: random, or the pairs the ensemble members disagree on most."""
+    prior_queries: bool = True
+    """With --sampler disagreement: choose the initial pairs too by the ensemble's disagreement, before any
+    fit (members differ by their random initial weights, so they disagree most on clips far apart in state),
+    instead of at random. Random initial pairs on Pendulum mostly compare two clips of a hanging pendulum,
+    and a dozen such labels gave models that liked the wrong states (results/bench/README.md)."""
     candidate_factor: int = 10
     """The disagreement sampler scores this many times more random pairs than it keeps."""
     clip_pool: int = 2000

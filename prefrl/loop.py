@@ -180,7 +180,8 @@ class Trainer:
         return make_ppo(self.cfg, self.venv)
 
     def _disagreement_ready(self) -> bool:
-        return self.ensemble is not None and self.ensemble.fitted  # the sampler itself handles a 1-member ensemble
+        # the sampler itself handles a 1-member ensemble
+        return self.ensemble is not None and (self.ensemble.fitted or self.cfg.feedback.prior_queries)
 
     # --- phases -------------------------------------------------------------------
 
@@ -207,7 +208,12 @@ class Trainer:
         if due > 0:
             with self.timed("initial_rollout"):
                 self._rollout_initial_policy(clips_wanted=max(2, min(self.cfg.feedback.clip_pool, due)))
-            self.gather(due, candidates=list(self.recorder.pool))
+            pool = list(self.recorder.pool)
+            if self.cfg.feedback.prior_queries and not self.ensemble.fitted and self.cfg.reward.arch == "mlp":
+                # the input scale the first fit would set (the CNN scales pixels by a constant)
+                self.ensemble.set_input_stats(np.stack([c.obs for c in pool[:256]]),
+                                              np.stack([c.acts for c in pool[:256]]))
+            self.gather(due, candidates=pool)
         if self.human:
             self._wait_for_first_labels()
         if not self.ensemble.fitted and self.store.count_labels(trainable_only=True) > 0:
