@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -419,7 +420,7 @@ SETUPS: dict[str, Callable[[Path, Path], object]] = {
     "resume_config_unknown_teacher": lambda w, s: (_copy_run(s, w / "run"), _set_config(w / "run", **{
         "feedback.teacher": "nobody"})),
     "resume_config_nan": lambda w, s: (_copy_run(s, w / "run"), (w / "run" / "config.json").write_text(
-        (w / "run" / "config.json").read_text().replace('"learning_rate": 0.001', '"learning_rate": NaN'))),
+        re.sub(r'"learning_rate": [-+0-9.eE]+', '"learning_rate": NaN', (w / "run" / "config.json").read_text()))),
     "resume_not_a_run": lambda w, s: (w / "run").mkdir(),
     "resume_newer_store": lambda w, s: (_unfinished_copy(s, w / "run"), _sql(
         w / "run" / "labels.sqlite", f"PRAGMA user_version = {SCHEMA_VERSION + 1}")),
