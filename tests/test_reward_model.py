@@ -255,7 +255,7 @@ def test_fast_predict_matches_the_torch_members() -> None:
 
 
 def test_mean_only_predict_and_cached_version_follow_fits_and_loads() -> None:
-    """LearnedReward's per-step path (with_std=False, the cached `fitted`) must see every fit and every load."""
+    """LearnedReward's per-step path (with_std=False, `fitted`) must see every fit and every load."""
     ens, trainer = make(RewardConfig(use_actions=True))
     obs, acts = random_steps(np.random.default_rng(2), (4,), False)
     assert not ens.fitted
@@ -270,7 +270,7 @@ def test_mean_only_predict_and_cached_version_follow_fits_and_loads() -> None:
     fresh.predict(obs, acts)  # caches views and the output scale of the unfitted model
     assert not fresh.fitted
     fresh.load_state_dict(roundtrip(ens.state_dict()))
-    assert fresh.fitted and fresh.version == 1  # the cached version was refreshed by the load
+    assert fresh.fitted and fresh.version == 1  # the load brought the fit count
     np.testing.assert_array_equal(fresh.predict(obs, acts, with_std=False)[0], after)  # and the output scale
     fresh.load_state_dict(roundtrip(RewardEnsemble(OBS, BOX, RewardConfig(use_actions=True)).state_dict()))
     assert not fresh.fitted

@@ -33,29 +33,18 @@ class _FitCount:
     so checkpoints keep it."""
 
     fit_count: torch.Tensor
-    _version: Optional[int] = None
-    """A Python copy of fit_count: LearnedReward asks `fitted` every env step, and reading a tensor costs ~5 us.
-    Refreshed by the setter and by load_state_dict, the only two writers of fit_count."""
 
     @property
     def version(self) -> int:
-        if self._version is None:
-            self._version = int(self.fit_count)
-        return self._version
+        return int(self.fit_count)
 
     @version.setter
     def version(self, value: int) -> None:
         self.fit_count.fill_(int(value))
-        self._version = int(value)
 
     @property
     def fitted(self) -> bool:
         return self.version > 0
-
-    def load_state_dict(self, *args, **kwargs):  # noqa: D102 - nn.Module's, plus the version cache above
-        out = super().load_state_dict(*args, **kwargs)  # type: ignore[misc]
-        self._version = None
-        return out
 
     @torch.no_grad()
     def store_output_stats(self, raw: Tensor) -> None:
