@@ -451,12 +451,13 @@ def _combine(task: Task, paths: list[Path], out: Path, argv: list[str]) -> int:
 # --- throughput: the PPO loop with the true vs the learned reward, one process, interleaved -------------------
 
 THROUGHPUT_ENVS = ("ALE/Pong-v5", "HalfCheetah-v5")
+THROUGHPUT_METHODS = ("ppo_true", "prefrl", "prefrl_per_step")
 
 
 def measure_throughput(env_id: str, steps: int, repeats: int, flags: list[str]) -> list[dict]:
     """Env steps per second of PPO.learn on the true reward and on the learned one (ClipRecorder + LearnedReward
-    with a fitted-size ensemble, predicting every step), in this one process, alternating chunks so both see the
-    same machine load. Reward fitting is left out: its cost is the --epochs/--refit-growth trade-off, reported by
+    with a fitted-size ensemble): `prefrl` predicts once per rollout (the default), `prefrl_per_step` at every
+    step; in this one process, alternating chunks so all see the same machine load. Reward fitting is left out: its cost is the --epochs/--refit-growth trade-off, reported by
     the benchmarks' whole-run wall times and summary.json's phase_seconds."""
     import tempfile
 
@@ -470,18 +471,19 @@ def measure_throughput(env_id: str, steps: int, repeats: int, flags: list[str]) 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="prefrl-throughput-") as tmp:
         trainers = {}
-        for method in ("ppo_true", "prefrl"):
-            cfg = replace(base, reward_source="true" if method == "ppo_true" else "learned")
+        for method in THROUGHPUT_METHODS:
+            cfg = replace(base, reward_source="true" if method == "ppo_true" else "learned",
+                          reward_per_rollout=method != "prefrl_per_step")
             run_dir = Path(tmp) / method
             run_dir.mkdir()
             trainers[method] = t = Trainer(cfg, run_dir, resuming=False)
             if t.ensemble is not None:
-                t.ensemble.version = 1  # "fitted": LearnedReward now predicts at every step (random weights cost the same)
-            t.model.learn(t.cfg.rollout_steps, reset_num_timesteps=False)  # warm-up rollout, not timed
+                t.ensemble.version = 1  # "fitted": LearnedReward now predicts (random weights cost the same)
+            t.model.learn(t.cfg.rollout_steps, reset_num_timesteps=False, callback=t.relabel)  # warm-up, not timed
         for rep in range(repeats):
             for method, t in trainers.items():
                 start, t0 = t.model.num_timesteps, time.perf_counter()
-                t.model.learn(steps, reset_num_timesteps=False)
+                t.model.learn(steps, reset_num_timesteps=False, callback=t.relabel)
                 seconds = time.perf_counter() - t0
                 done = t.model.num_timesteps - start
                 rows.append(dict(env=env_id, method=method, repeat=rep, steps=done, seconds=round(seconds, 2),
@@ -499,7 +501,7 @@ def _throughput_main(argv: list[str]) -> int:
     ap.add_argument("--steps", type=int, default=8192, help="PPO steps per timed chunk (default 8,192)")
     ap.add_argument("--repeats", type=int, default=3, help="timed chunks per method, interleaved (default 3)")
     ap.add_argument("--out", type=Path, default=Path("results/bench"), help="where throughput.csv/.md go")
-    ap.epilog = "Flags after `--` are prefrl train flags for both methods, after the env's preset."
+    ap.epilog = "Flags after `--` are prefrl train flags for all methods, after the env's preset."
     cut = argv.index("--") if "--" in argv else len(argv)
     args = ap.parse_args(argv[:cut])
     flags = argv[cut + 1:]
@@ -516,16 +518,21 @@ def _throughput_main(argv: list[str]) -> int:
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} cores; load "
              f"average at start {load_start}, at end {' / '.join(f'{x:.2f}' for x in os.getloadavg())}.  ",
              "One process, one torch thread, the env's preset; timed chunks of PPO.learn alternate between the two "
-             "methods so both see the same load. prefrl = ClipRecorder + LearnedReward (the ensemble predicts every "
-             "step, batched over the VecEnv); reward fitting and labelling are not in these numbers.", "",
-             "| env | PPO-true steps/s | prefrl steps/s | prefrl wall / PPO-true wall, per step: median (each repeat) |",
-             "|---|---|---|---|"]
+             "methods so all see the same load. prefrl = ClipRecorder + LearnedReward, the ensemble predicting once "
+             "per rollout (the default); prefrl per step = the same predicting at every step, batched over the "
+             "VecEnv (--no-reward-per-rollout). Reward fitting and labelling are not in these numbers.", "",
+             "| env | PPO-true steps/s | prefrl steps/s | prefrl per step steps/s | wall / PPO-true wall, per step, "
+             "median (each repeat): prefrl | prefrl per step |",
+             "|---|---|---|---|---|---|"]
     for env_id in dict.fromkeys(r["env"] for r in rows):
-        by = {m: [r for r in rows if r["env"] == env_id and r["method"] == m] for m in ("ppo_true", "prefrl")}
+        by = {m: [r for r in rows if r["env"] == env_id and r["method"] == m] for m in THROUGHPUT_METHODS}
         sps = {m: sum(r["steps"] for r in rs) / sum(r["seconds"] for r in rs) for m, rs in by.items()}
-        ratios = [t["steps_per_second"] / p["steps_per_second"] for t, p in zip(by["ppo_true"], by["prefrl"])]
-        lines.append(f"| {env_id} | {sps['ppo_true']:.0f} | {sps['prefrl']:.0f} | {statistics.median(ratios):.2f}x "
-                     f"({', '.join(f'{x:.2f}' for x in ratios)}) |")
+        cells = []
+        for m in THROUGHPUT_METHODS[1:]:
+            ratios = [t["steps_per_second"] / p["steps_per_second"] for t, p in zip(by["ppo_true"], by[m])]
+            cells.append(f"{statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})")
+        lines.append(f"| {env_id} | {sps['ppo_true']:.0f} | {sps['prefrl']:.0f} | {sps['prefrl_per_step']:.0f} | "
+                     f"{' | '.join(cells)} |")
     (args.out / "throughput.md").write_text("\n".join(lines) + "\n")
     print((args.out / "throughput.md").read_text())
     return 0

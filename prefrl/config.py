@@ -237,6 +237,11 @@ class TrainConfig:
     """Checkpoint PPO, the ensemble and the schedule every this many rollouts (and at the end)."""
     eval_episodes: int = 10
     """Deterministic episodes on the true reward for the final score (reset seeds 10000...)."""
+    reward_per_rollout: bool = True
+    """Compute the learned reward once per rollout, every step in one batched predict, and scale it as
+    VecNormalize does step by step (the same numbers: the reward model only changes between rollouts).
+    False predicts at every env step, as a plain VecEnvWrapper (results/bench/README.md: the per-step
+    predict was about half of the learned reward's per-step cost on Pendulum)."""
     torch_threads: int = 1
     """torch threads in this process; more than 1 made PPO 30x slower on a busy 2-core machine."""
     device: str = "cpu"

@@ -1,8 +1,9 @@
 """`train(cfg)`: one run, as the named phases of ../shared/DESIGN.md.
 
     set up run folder -> initial labels from the initial policy -> pretrain reward
-    -> PPO.learn() once; at each rollout end: harvest clips -> choose pairs -> label
-       -> refit -> (the ensemble is updated in place, so LearnedReward uses it at once)
+    -> PPO.learn() once; at each rollout end: the rollout's learned reward in one batch (RelabelRollout)
+       -> harvest clips -> choose pairs -> label
+       -> refit -> (the ensemble is updated in place, so LearnedReward uses it from the next rollout)
     -> final checkpoint, evaluation on the true reward, learning-curve PNG.
 
 Checkpoints are taken at rollout start (after PPO's update, so the policy and the
@@ -47,7 +48,7 @@ from prefrl.labels.store import Answer, DuplicateLabel, LabelStore, StoreError, 
 from prefrl.reliability import fault_point
 from prefrl.reward.model import Ensemble, make_ensemble
 from prefrl.reward.train import FitStats, PreferenceData, RewardTrainer
-from prefrl.reward.wrapper import LearnedReward
+from prefrl.reward.wrapper import LearnedReward, RelabelRollout, RolloutRewardNormalize
 from prefrl.sampling import make_sampler
 from prefrl.schedule import LabelSchedule
 
@@ -157,9 +158,12 @@ class Trainer:
                 self.schedule = LabelSchedule(n, n, 1.0, 1)
             else:
                 self.schedule = LabelSchedule.from_config(cfg)
-            venv = LearnedReward(self.recorder, self.ensemble)
-        self.venv = VecNormalize(venv, norm_obs=cfg.env.normalize_obs, norm_reward=cfg.env.normalize_reward,
-                                 gamma=cfg.ppo.gamma)
+            venv = LearnedReward(self.recorder, self.ensemble, per_rollout=cfg.reward_per_rollout)
+        per_rollout = self.learned and cfg.reward_per_rollout
+        self.venv = (RolloutRewardNormalize if per_rollout else VecNormalize)(
+            venv, norm_obs=cfg.env.normalize_obs, norm_reward=cfg.env.normalize_reward, gamma=cfg.ppo.gamma)
+        # the learned reward of each rollout, written into PPO's buffer before any other callback runs
+        self.relabel: Optional[RelabelRollout] = RelabelRollout(venv, self.venv) if per_rollout else None
         self.model = self._make_ppo()
         self.model.set_logger(configure(str(run_dir / "tb"), ["tensorboard"]))
         if resuming:
@@ -196,7 +200,9 @@ class Trainer:
                 self.initial_labels()
             remaining = self.cfg.total_timesteps - self.model.num_timesteps
             if remaining > 0:
-                self.model.learn(remaining, callback=_LoopCallback(self), progress_bar=self.cfg.progress_bar,
+                loop = _LoopCallback(self)
+                self.model.learn(remaining, callback=[self.relabel, loop] if self.relabel else loop,
+                                 progress_bar=self.cfg.progress_bar,
                                  reset_num_timesteps=self.model.num_timesteps == 0)
             self._flush_rows()
             self.checkpoint(finished=True)
@@ -600,6 +606,8 @@ class _LoopCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
+        if self.trainer.relabel is not None:  # per-rollout learned reward: the returns are known only now
+            self.learned_returns.extend(self.trainer.relabel.episode_returns)
         self.trainer.on_rollout_end(self.true_returns, self.learned_returns, self.metrics)
         fault_point("ppo_update")
         self.true_returns, self.learned_returns = [], []

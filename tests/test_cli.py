@@ -41,6 +41,9 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path):
     assert {"ppo.zip", "ensemble.pt", "reward_trainer.pt", "state.json"} <= {p.name for p in latest.iterdir()}
     steps = progress_steps(run)
     assert steps == sorted(set(steps)) and steps[-1] == 2048
+    with open(run / "progress.csv") as fh:  # 200-step episodes end in every 512-step rollout
+        learned = [float(r["learned_episode_return"]) for r in csv.DictReader(fh)]
+    assert learned and all(x == x and x != 0 for x in learned), learned  # not NaN, not the unfitted 0
     with sqlite3.connect(run / "labels.sqlite") as db:
         rows = db.execute("SELECT p.left_clip, p.right_clip, p.rule, l.answer, l.labeler, l.model_version "
                           "FROM labels l JOIN pairs p ON p.id = l.pair_id").fetchall()
