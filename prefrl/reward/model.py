@@ -28,6 +28,9 @@ _OUT_STD_FLOOR = 1e-6
 _LEAK = 0.01
 
 
+_NUMPY_ROWS = 256  # predict() runs in numpy up to this many rows (PPO's per-step batches), in torch above
+
+
 class _FitCount:
     """`version`: fits so far (the trainer increments it); 0 = never fit. Kept in a `fit_count` buffer,
     so checkpoints keep it."""
@@ -198,13 +201,19 @@ class RewardEnsemble(_FitCount, nn.Module):
         of the cost: this runs the same maths in numpy on views of the parameters and buffers (they share
         memory with the tensors, which training and load_state_dict update in place).
         """
-        v = self._np_views()
-        h = (self._np_features(obs, acts).reshape(-1, self.n_features) - v["in_mean"]) / v["in_std"]
-        for w, b in v["hidden"]:
-            h = h @ w + b  # (B, F) @ (M, F, H) broadcasts to (M, B, H)
-            h = np.maximum(h, _LEAK * h)
-        w, b = v["last"]
-        r = ((h @ w + b)[..., 0] - v["out_mean"]) * v["out_scale"]  # (M, B), normalised per member
+        x = self._np_features(obs, acts).reshape(-1, self.n_features)
+        if len(x) > _NUMPY_ROWS:  # a whole rollout at once: here torch's batched matmul is ~2x faster
+            with torch.no_grad():
+                r = self._normalise(self._forward((torch.from_numpy(x) - self.in_mean) / self.in_std,
+                                                  drop=False)).numpy()
+        else:
+            v = self._np_views()
+            h = (x - v["in_mean"]) / v["in_std"]
+            for w, b in v["hidden"]:
+                h = h @ w + b  # (B, F) @ (M, F, H) broadcasts to (M, B, H)
+                h = np.maximum(h, _LEAK * h)
+            w, b = v["last"]
+            r = ((h @ w + b)[..., 0] - v["out_mean"]) * v["out_scale"]  # (M, B), normalised per member
         mean = r.sum(0) / self.n_members  # np.mean/np.std cost ~10 us each on arrays this small
         if not with_std:
             return mean, None
