@@ -457,8 +457,9 @@ THROUGHPUT_METHODS = ("ppo_true", "prefrl", "prefrl_per_step")
 def measure_throughput(env_id: str, steps: int, repeats: int, flags: list[str]) -> list[dict]:
     """Env steps per second of PPO.learn on the true reward and on the learned one (ClipRecorder + LearnedReward
     with a fitted-size ensemble): `prefrl` predicts once per rollout (the default), `prefrl_per_step` at every
-    step; in this one process, alternating chunks so all see the same machine load. Reward fitting is left out: its cost is the --epochs/--refit-growth trade-off, reported by
-    the benchmarks' whole-run wall times and summary.json's phase_seconds."""
+    step; in this one process, alternating chunks so all see the same machine load. Reward fitting is left
+    out: its cost is the --epochs/--refit-growth trade-off, reported by the benchmarks' whole-run wall times
+    and summary.json's phase_seconds."""
     import tempfile
 
     import torch

@@ -427,7 +427,7 @@ class Trainer:
             return math.nan
         clips = clips[-(64 if self.cfg.reward.arch == "mlp" else 8):]  # a CNN costs ~0.1 ms an image and member
         pred, _ = self.ensemble.predict(np.concatenate([c.obs for c in clips]),
-                                        np.concatenate([c.acts for c in clips]))
+                                        np.concatenate([c.acts for c in clips]), with_std=False)
         true = np.concatenate([c.rews for c in clips])
         if pred.std() == 0 or true.std() == 0:
             return math.nan

@@ -57,34 +57,42 @@ class LearnedReward(VecEnvWrapper):
 
     def step_wait(self):
         obs, true_rews, dones, infos = self.venv.step_wait()
+        ends = np.array(dones, dtype=bool)  # episode ends for the learned return
+        for i, info in enumerate(infos):
+            info["true_reward"] = float(true_rews[i])
+            if "episode" in info:  # a game end inside a continuous episode (Atari) counts too
+                ends[i] = True
         if self.per_rollout:
-            ends = np.zeros(self.num_envs, dtype=bool)
-            for i, info in enumerate(infos):
-                info["true_reward"] = float(true_rews[i])
-                ends[i] = dones[i] or "episode" in info  # a game end inside a continuous episode (Atari) too
             self._log.append((self._obs, self._acts, np.array(dones, dtype=bool), ends))
             self._obs = np.array(obs)  # a copy: the logged observation must not change under us
             return obs, np.zeros(self.num_envs, dtype=np.float32), dones, infos
-        if self.ensemble.fitted:
-            rews, _ = self.ensemble.predict(self._obs, self._acts, with_std=False)
-        else:
-            rews = np.zeros(self.num_envs, dtype=np.float32)
-        self._episode += rews
-        for i, info in enumerate(infos):
-            info["true_reward"] = float(true_rews[i])
-            if dones[i] or "episode" in info:
-                info["learned_episode_return"] = float(self._episode[i])
-                self._episode[i] = 0.0
+        rews = self._predict(self._obs, self._acts)
+        for i, ret in self._close_episodes(rews, ends):
+            infos[i]["learned_episode_return"] = ret
         self._obs = np.asarray(obs)
         return obs, rews, dones, infos
+
+    def _predict(self, obs: np.ndarray, acts: np.ndarray) -> np.ndarray:
+        """(B, ...) -> (B,) float32: the ensemble mean, 0 before the first fit; big batches in chunks."""
+        if not self.ensemble.fitted:
+            return np.zeros(len(obs), dtype=np.float32)
+        chunk = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // max(1, obs[0].nbytes)))
+        parts = [self.ensemble.predict(obs[i:i + chunk], acts[i:i + chunk], with_std=False)[0]
+                 for i in range(0, len(obs), chunk)]
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(np.float32, copy=False)
+
+    def _close_episodes(self, rews: np.ndarray, ends: np.ndarray) -> list[tuple[int, float]]:
+        """Add one step's rewards to the running (float64) episode returns; hand back and zero those that ended."""
+        self._episode += rews
+        if not ends.any():
+            return []
+        done = [(int(i), float(self._episode[i])) for i in np.flatnonzero(ends)]
+        self._episode[ends] = 0.0
+        return done
 
     def clear_log(self) -> None:
         """Forget logged steps (those of the label-collection rollout before PPO starts, say)."""
         self._log.clear()
-
-    @property
-    def logged_steps(self) -> int:
-        return len(self._log)
 
     def rollout_rewards(self) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """The steps logged since the last call -> rewards (T, n_envs) float32 from one batched predict,
@@ -92,28 +100,12 @@ class LearnedReward(VecEnvWrapper):
         n = self.num_envs
         if not self._log:
             return np.zeros((0, n), dtype=np.float32), np.zeros((0, n), dtype=bool), []
-        obs = np.stack([s[0] for s in self._log])
-        dones = np.stack([s[2] for s in self._log])
-        ends = np.stack([s[3] for s in self._log])
-        steps = len(self._log)
-        if self.ensemble.fitted:
-            flat = obs.reshape(steps * n, *obs.shape[2:])
-            acts = np.stack([s[1] for s in self._log])
-            acts = acts.reshape(steps * n, *acts.shape[2:])
-            chunk = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // max(1, flat[0].nbytes)))
-            rews = np.concatenate([self.ensemble.predict(flat[i:i + chunk], acts[i:i + chunk], with_std=False)[0]
-                                   for i in range(0, len(flat), chunk)]).astype(np.float32).reshape(steps, n)
-        else:
-            rews = np.zeros((steps, n), dtype=np.float32)
+        obs, acts, dones, ends = (np.stack(column) for column in zip(*self._log))
         self._log.clear()
-        finished: list[float] = []
-        episode = self._episode
-        for t in range(steps):  # the same float64 running sum as the per-step path
-            episode += rews[t]
-            if ends[t].any():
-                for i in np.flatnonzero(ends[t]):
-                    finished.append(float(episode[i]))
-                    episode[i] = 0.0
+        steps = len(obs)
+        rews = self._predict(obs.reshape(steps * n, *obs.shape[2:]),
+                             acts.reshape(steps * n, *acts.shape[2:])).reshape(steps, n)
+        finished = [ret for t in range(steps) for _, ret in self._close_episodes(rews[t], ends[t])]
         return rews, dones, finished
 
 
