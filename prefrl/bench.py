@@ -239,8 +239,8 @@ def summarise_task(task: Task, rows: list[dict], meta: dict) -> str:
     if "combined" in meta:  # rows of several invocations: their own .md files hold each one's date and load
         lines = [f"# {task.name} benchmark", "",
                  f"Command: `{meta['command']}`  ",
-                 f"Combined from the rows of {len(meta['combined'])} invocations ({', '.join(meta['combined'])}); "
-                 f"each one's date, load and budget are in its own .md. Every run: {meta['steps']:,} PPO steps, "
+                 f"Combined from the rows of {len(meta['combined'])} earlier results ({', '.join(meta['combined'])}); "
+                 f"each invocation's date, load and budget are in its own .md. Every run: {meta['steps']:,} PPO steps, "
                  "the env family's preset, scored on the TRUE reward over deterministic episodes (reset seeds "
                  "10000...). Steps/s compares fairly only between runs of one invocation.", ""]
         return _task_tables(task, rows, lines, meta)
@@ -350,9 +350,10 @@ def _task_main(task: Task, argv: list[str]) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated: ppo_true and pref_<labels> (default: the budget's)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel runs (one core each)")
     ap.add_argument("--out", type=Path, default=Path("results/bench"), help=f"where {task.name}.csv/.md/.png go")
-    ap.add_argument("--combine", type=Path, nargs="+", metavar="CSV",
+    ap.add_argument("--combine", type=Path, nargs="+", metavar="CSV_OR_RUN",
                     help=f"run nothing: write {task.name}.md/.png to --out from the rows of earlier invocations' "
-                         f"{task.name}.csv files (seeds added over several sessions)")
+                         f"{task.name}.csv files (seeds added over several sessions) and of finished run folders "
+                         "(a run whose invocation died, finished with prefrl train --resume)")
     ap.epilog = "Flags after `--` are prefrl train flags applied to every run (all methods alike), after the preset's."
     cut = argv.index("--") if "--" in argv else len(argv)
     args = ap.parse_args(argv[:cut])
@@ -402,26 +403,54 @@ def _task_main(task: Task, argv: list[str]) -> int:
     return 0
 
 
+def run_folder_row(run_dir: Path) -> dict:
+    """The row a finished run folder stands for: a run whose invocation died (session end, kill) and that
+    `prefrl train --resume` then finished has no csv row. Its wall time includes the time before the stop."""
+    from prefrl.loop import RunError, finished_result
+
+    try:
+        cfg = TrainConfig.from_json((run_dir / "config.json").read_text(), source=str(run_dir / "config.json"))
+        r = finished_result(run_dir)
+    except (OSError, ValueError, RunError) as exc:
+        raise SystemExit(f"prefrl bench: {run_dir} is not a readable run folder ({exc}); pass a bench run's folder")
+    if r is None:
+        raise SystemExit(f"prefrl bench: {run_dir} has not finished (no summary.json); finish it with "
+                         f"prefrl train --resume {run_dir}, then combine again")
+    return dict(env=cfg.env.env, method=cfg.exp_name, seed=cfg.seed, labels=int(r.labels), steps=int(r.steps),
+                true_return=float(r.true_return), wall_seconds=round(float(r.wall_seconds), 1),
+                steps_per_second=round(r.steps / max(r.wall_seconds, 1e-9), 1),
+                peak_rss_mb=round(float(r.peak_rss_mb), 1), run_dir=str(run_dir))
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if set(reader.fieldnames or ()) != set(TASK_COLUMNS):
+            raise SystemExit(f"prefrl bench: {path} is not a benchmark csv (columns {reader.fieldnames}); "
+                             f"pass files with the columns {','.join(TASK_COLUMNS)}")
+        return [dict(raw, seed=int(raw["seed"]), labels=int(raw["labels"]), steps=int(raw["steps"]),
+                     **{k: float(raw[k]) for k in ("true_return", "wall_seconds", "steps_per_second", "peak_rss_mb")})
+                for raw in reader]
+
+
 def read_task_rows(paths: list[Path]) -> list[dict]:
-    """Rows of several `<task>.csv` files, numbers parsed; one row per (env, method, seed) or a one-line error."""
+    """Rows of `<task>.csv` files and finished run folders, numbers parsed; one row per (env, method, seed)
+    or a one-line error."""
     rows: dict[tuple, dict] = {}
     for path in paths:
-        if not path.is_file():
-            raise SystemExit(f"prefrl bench: no such file {path}; pass the .csv files earlier invocations wrote")
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            if set(reader.fieldnames or ()) != set(TASK_COLUMNS):
-                raise SystemExit(f"prefrl bench: {path} is not a benchmark csv (columns {reader.fieldnames}); "
-                                 f"pass files with the columns {','.join(TASK_COLUMNS)}")
-            for raw in reader:
-                row = dict(raw, seed=int(raw["seed"]), labels=int(raw["labels"]), steps=int(raw["steps"]),
-                           **{k: float(raw[k]) for k in ("true_return", "wall_seconds", "steps_per_second",
-                                                         "peak_rss_mb")})
-                key = (row["env"], row["method"], row["seed"])
-                if key in rows:
-                    raise SystemExit(f"prefrl bench: {key[0]} {key[1]} seed {key[2]} is in more than one file "
-                                     f"({path}); pass each run once")
-                rows[key] = row
+        if path.is_dir():
+            found = [run_folder_row(path)]
+        elif path.is_file():
+            found = _csv_rows(path)
+        else:
+            raise SystemExit(f"prefrl bench: no such file {path}; pass the .csv files earlier invocations wrote "
+                             "or finished run folders")
+        for row in found:
+            key = (row["env"], row["method"], row["seed"])
+            if key in rows:
+                raise SystemExit(f"prefrl bench: {key[0]} {key[1]} seed {key[2]} is in more than one file "
+                                 f"({path}); pass each run once")
+            rows[key] = row
     return list(rows.values())
 
 

@@ -915,7 +915,7 @@ def read_state(run_dir: Path) -> dict:
     return state
 
 
-def _finished_result(run_dir: Path) -> Optional[RunResult]:
+def finished_result(run_dir: Path) -> Optional[RunResult]:
     """The result of a run that already finished (summary.json written), so resuming it changes nothing."""
     if not read_state(run_dir).get("finished") or not (run_dir / "summary.json").is_file():
         return None
@@ -935,7 +935,7 @@ def resume(run_dir: Path, progress_bar: Optional[bool] = None) -> RunResult:
     if progress_bar is not None:
         cfg = replace(cfg, progress_bar=progress_bar)
     check_run_config(cfg)
-    done = _finished_result(run_dir)  # also checks the checkpoint before anything is written
+    done = finished_result(run_dir)  # also checks the checkpoint before anything is written
     if done is not None:
         print(f"run {run_dir} already finished; nothing to do", file=sys.stderr)
         return done

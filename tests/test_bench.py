@@ -48,7 +48,7 @@ def test_combine_merges_seeds_of_several_invocations(tmp_path):
     md = (out / "mujoco.md").read_text()
     assert "| ppo_true | 2 | 0 | 2500.0 ± 707.1 | 2000.0 | 1.00 |" in md
     assert "| pref_350 | 2 | 350 | 1500.0 ± 707.1 | 1000.0 | 0.60 |" in md
-    assert "Combined from the rows of 2 invocations" in md
+    assert "Combined from the rows of 2 earlier results" in md
 
 
 def test_combine_refuses_a_run_given_twice(tmp_path, capsys):
@@ -62,3 +62,43 @@ def test_combine_refuses_a_run_given_twice(tmp_path, capsys):
         main(["mujoco", "--combine", str(a), str(a), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="no such file"):
         main(["mujoco", "--combine", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out")])
+
+
+def test_combine_takes_a_finished_run_folder(tmp_path):
+    """A run whose bench invocation died and that `prefrl train --resume` finished joins the table by its folder;
+    a folder that has not finished is refused with the command that finishes it."""
+    import json
+    import shutil
+
+    import pytest
+
+    from prefrl.bench import TASK_COLUMNS, main
+    from test_bad_inputs import make_source_run
+
+    run = make_source_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = json.loads((run / "config.json").read_text())
+    a = tmp_path / "a.csv"
+    with open(a, "w", newline="") as fh:
+        w = csv.DictWriter(fh, TASK_COLUMNS)
+        w.writeheader()
+        w.writerow(dict(env="Pendulum-v1", method="ppo_true", seed=cfg["seed"], labels=0, steps=summary["steps"],
+                        true_return=summary["true_return"] / 2, wall_seconds=5.0, steps_per_second=400.0,
+                        peak_rss_mb=300.0, run_dir="gone"))
+    out = tmp_path / "out"
+    assert main(["mujoco", "--combine", str(a), str(run), "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "mujoco.csv"))}
+    assert set(rows) == {"ppo_true", cfg["exp_name"]}
+    row = rows[cfg["exp_name"]]
+    assert row["env"] == "Pendulum-v1" and int(row["labels"]) == summary["labels"] == 24
+    assert float(row["true_return"]) == pytest.approx(summary["true_return"])
+    assert float(row["wall_seconds"]) == pytest.approx(summary["wall_seconds"], abs=0.1)
+    assert row["run_dir"] == str(run)
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "summary.json").unlink()
+    with pytest.raises(SystemExit, match=f"finish it with prefrl train --resume {unfinished}"):
+        main(["mujoco", "--combine", str(unfinished), "--out", str(tmp_path / "out2")])
+    with pytest.raises(SystemExit, match="not a readable run folder"):
+        main(["mujoco", "--combine", str(tmp_path), "--out", str(tmp_path / "out3")])
