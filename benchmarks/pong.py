@@ -1,6 +1,6 @@
 """Pong-from-pixels benchmark; same as `prefrl bench pong`. Run by hand, never in timed tests.
 
-    python benchmarks/pong.py                        # CPU budget: 1M agent steps, PPO-true vs 1,400 labels
+    python benchmarks/pong.py                        # CPU budget: 500k agent steps, PPO-true vs 1,000 labels
     python benchmarks/pong.py --budget paper -- --device cuda   # the paper's 10M frames, 5,500 labels
 """
 

@@ -193,12 +193,13 @@ TASKS: dict[str, Task] = {
                  "paper": "the same: 1M steps of the preset already is the paper-style comparison"}),
     "pong": Task(
         name="pong", envs=("ALE/Pong-v5",),
-        methods={"cpu": ("ppo_true", "pref_1400"), "paper": ("ppo_true", "pref_5500")},
-        steps={"cpu": 1_000_000, "paper": 2_500_000}, seeds=1,
+        methods={"cpu": ("ppo_true", "pref_1000"), "paper": ("ppo_true", "pref_5500")},
+        steps={"cpu": 500_000, "paper": 2_500_000}, seeds=1,
         flags={"cpu": ("--pretrain-epochs", "20", "--epochs", "3"), "paper": ()},
-        budgets={"cpu": "1M agent steps (4M frames) with the Atari preset, 1,400 labels (500 initial), 20 "
-                        "pretraining epochs and 3 per refit: the paper's CNN costs ~0.1 s per label and epoch "
-                        "on one CPU thread, so its 200 epochs would cost hours; ~3 h a run",
+        budgets={"cpu": "500k agent steps (2M frames) with the Atari preset, 1,000 labels (500 initial), 20 "
+                        "pretraining epochs and 3 per refit, so that both runs finish side by side on 2 cores in "
+                        "one 3-hour session (~45 min PPO-true, ~90 min prefrl): the paper's CNN costs ~0.1 s per "
+                        "label and epoch on one CPU thread, so its 200 epochs would cost hours",
                  "paper": "the paper's 10M frames (2.5M agent steps), 5,500 labels, 200 pretraining epochs "
                           "(A.2): a GPU machine (add -- --device cuda)"},
         eval_episodes=5),

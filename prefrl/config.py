@@ -137,6 +137,9 @@ class RewardConfig:
     """Epochs of the first fit, on the labels from the initial policy."""
     output_std: float = 1.0
     """Each member's output is normalised to zero mean and this std before averaging."""
+    output_mean: float = 0.0
+    """Added to the ensemble mean before PPO sees it (the members stay zero-mean, so pair choice and the
+    fit are unchanged)."""
     label_buffer: Optional[int] = None
     """Train on only the newest this many labels (None: all)."""
     objective: Literal["preference", "target"] = "preference"

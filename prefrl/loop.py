@@ -158,7 +158,8 @@ class Trainer:
                 self.schedule = LabelSchedule(n, n, 1.0, 1)
             else:
                 self.schedule = LabelSchedule.from_config(cfg)
-            venv = LearnedReward(self.recorder, self.ensemble, per_rollout=cfg.reward_per_rollout)
+            venv = LearnedReward(self.recorder, self.ensemble, per_rollout=cfg.reward_per_rollout,
+                                 offset=cfg.reward.output_mean)
         per_rollout = self.learned and cfg.reward_per_rollout
         self.venv = (RolloutRewardNormalize if per_rollout else VecNormalize)(
             venv, norm_obs=cfg.env.normalize_obs, norm_reward=cfg.env.normalize_reward, gamma=cfg.ppo.gamma)

@@ -8,12 +8,12 @@ from prefrl.reward.model import RewardEnsemble
 from prefrl.reward.wrapper import LearnedReward
 
 
-def wrapped(env_id="Pendulum-v1", n_envs=2, fitted=True):
+def wrapped(env_id="Pendulum-v1", n_envs=2, fitted=True, offset=0.0):
     venv = make_vec_env(EnvConfig(env=env_id, n_envs=n_envs), seed=0)
     ens = RewardEnsemble(venv.observation_space, venv.action_space, RewardConfig(), seed=0)
     if fitted:
         ens.version = 1
-    return LearnedReward(venv, ens), ens
+    return LearnedReward(venv, ens, offset=offset), ens
 
 
 def test_reward_is_the_ensemble_mean_and_true_reward_rides_in_info():
@@ -32,6 +32,23 @@ def test_unfitted_model_gives_zero_reward():
     env.reset()
     _, rews, _, infos = env.step(np.zeros((2, 1), dtype=np.float32))
     assert np.all(rews == 0) and "true_reward" in infos[0]
+
+
+@pytest.mark.parametrize("per_rollout", [False, True])
+def test_offset_shifts_what_ppo_sees_and_nothing_else(per_rollout):
+    env, ens = wrapped(offset=-1.5)
+    env.per_rollout = per_rollout
+    obs = env.reset()
+    acts = np.array([[0.5], [-1.0]], dtype=np.float32)
+    mean, std = ens.predict(obs, acts)
+    _, rews, _, infos = env.step(acts)
+    if per_rollout:
+        rews = env.rollout_rewards()[0][0]
+    np.testing.assert_allclose(rews, mean - 1.5, rtol=1e-5)
+    assert np.all(std > 0) and infos[0]["true_reward"] <= 0  # the members and the true reward are untouched
+    unfitted, _ = wrapped(fitted=False, offset=-1.5)
+    unfitted.reset()
+    assert np.all(unfitted.step(acts)[1] == np.float32(-1.5))
 
 
 def test_episode_end_reports_learned_return_beside_monitor_true_return():
