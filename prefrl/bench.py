@@ -198,8 +198,9 @@ TASKS: dict[str, Task] = {
         flags={"cpu": ("--pretrain-epochs", "20", "--epochs", "3"), "paper": ()},
         budgets={"cpu": "500k agent steps (2M frames) with the Atari preset, 1,000 labels (500 initial), 20 "
                         "pretraining epochs and 3 per refit, so that both runs finish side by side on 2 cores in "
-                        "one 3-hour session (~45 min PPO-true, ~90 min prefrl): the paper's CNN costs ~0.1 s per "
-                        "label and epoch on one CPU thread, so its 200 epochs would cost hours",
+                        "one 3-hour session (~80 min PPO-true, ~2 h prefrl: two CNN processes each run at about "
+                        "half the speed of one alone): the paper's CNN costs ~0.1 s per label and epoch on one "
+                        "CPU thread, so its 200 epochs would cost hours",
                  "paper": "the paper's 10M frames (2.5M agent steps), 5,500 labels, 200 pretraining epochs "
                           "(A.2): a GPU machine (add -- --device cuda)"},
         eval_episodes=5),
