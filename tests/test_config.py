@@ -18,6 +18,7 @@ def test_json_round_trip():
     (dict(feedback=FeedbackConfig(clip_length=0)), "--clip-length"),
     (dict(reward=RewardConfig(val_fraction=1.5)), "--val-fraction"),
     (dict(reward=RewardConfig(l2=math.nan)), "finite"),
+    (dict(reward=RewardConfig(output_mean=math.inf)), "--output-mean must be a finite number"),
     (dict(total_timesteps=10**12), "absurd"),
 ])
 def test_bad_values_are_refused_with_the_flag_named(change, match):

@@ -8,12 +8,12 @@ from prefrl.reward.model import RewardEnsemble
 from prefrl.reward.wrapper import LearnedReward
 
 
-def wrapped(env_id="Pendulum-v1", n_envs=2, fitted=True, offset=0.0):
+def wrapped(env_id="Pendulum-v1", n_envs=2, fitted=True, offset=0.0, per_rollout=False):
     venv = make_vec_env(EnvConfig(env=env_id, n_envs=n_envs), seed=0)
     ens = RewardEnsemble(venv.observation_space, venv.action_space, RewardConfig(), seed=0)
     if fitted:
         ens.version = 1
-    return LearnedReward(venv, ens, offset=offset), ens
+    return LearnedReward(venv, ens, per_rollout=per_rollout, offset=offset), ens
 
 
 def test_reward_is_the_ensemble_mean_and_true_reward_rides_in_info():
@@ -36,16 +36,21 @@ def test_unfitted_model_gives_zero_reward():
 
 @pytest.mark.parametrize("per_rollout", [False, True])
 def test_offset_shifts_what_ppo_sees_and_nothing_else(per_rollout):
-    env, ens = wrapped(offset=-1.5)
-    env.per_rollout = per_rollout
+    env, ens = wrapped(offset=-1.5, per_rollout=per_rollout)
+    plain, _ = wrapped()  # the same seeded envs, no offset: the true reward to compare with
     obs = env.reset()
+    plain.reset()
     acts = np.array([[0.5], [-1.0]], dtype=np.float32)
     mean, std = ens.predict(obs, acts)
     _, rews, _, infos = env.step(acts)
+    _, _, _, plain_infos = plain.step(acts)
     if per_rollout:
         rews = env.rollout_rewards()[0][0]
     np.testing.assert_allclose(rews, mean - 1.5, rtol=1e-5)
-    assert np.all(std > 0) and infos[0]["true_reward"] <= 0  # the members and the true reward are untouched
+    assert np.all(std > 0) and infos[0]["true_reward"] <= 0
+    # the members (what the fit and the pair sampler see) and the true reward are untouched
+    np.testing.assert_array_equal(ens.predict(obs, acts)[0], mean)
+    assert [i["true_reward"] for i in infos] == [i["true_reward"] for i in plain_infos]
     unfitted, _ = wrapped(fitted=False, offset=-1.5)
     unfitted.reset()
     assert np.all(unfitted.step(acts)[1] == np.float32(-1.5))
