@@ -105,8 +105,10 @@ def test_loop_keeps_image_clips_on_disk_and_small_clips_in_memory(tmp_path):
     np.testing.assert_array_equal(data.obs_left, np.stack([state_clips[int(r.left_clip[4:])].obs for r in records]))
 
 
-@pytest.mark.parametrize("arch,objective", [("cnn", "preference"), ("mlp", "preference"), ("mlp", "target")])
-def test_fit_from_disk_matches_fit_in_memory(tmp_path, monkeypatch, arch, objective):
+@pytest.mark.parametrize("arch,objective,split", [("cnn", "preference", "shared"), ("cnn", "preference", "per_member"),
+                                                  ("mlp", "preference", "shared"), ("mlp", "target", "shared"),
+                                                  ("mlp", "preference", "per_member")])
+def test_fit_from_disk_matches_fit_in_memory(tmp_path, monkeypatch, arch, objective, split):
     """Same seed, same labels: the same minibatches, dropout masks and weights; the output statistics and final
     losses, computed chunk by chunk from disk, agree up to summation order."""
     monkeypatch.setattr(reward_train, "LAZY_CHUNK_BYTES", 1)  # one label per chunk: exercise the chunking
@@ -124,7 +126,7 @@ def test_fit_from_disk_matches_fit_in_memory(tmp_path, monkeypatch, arch, object
         eager, lazy = data, data._replace(obs_left=on_disk[0], obs_right=on_disk[1])
     space = IMAGES if arch == "cnn" else STATES
     cfg = RewardConfig(arch=arch, use_actions=arch == "mlp", ensemble_size=2, dropout=0.5, batch_size=4,
-                       objective=objective, output_std=0.05 if arch == "cnn" else 1.0)
+                       objective=objective, output_std=0.05 if arch == "cnn" else 1.0, val_split=split)
     fits = []
     for d in (eager, lazy):
         ens = make_ensemble(space, MOVES, cfg, seed=3)

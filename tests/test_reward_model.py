@@ -13,7 +13,7 @@ import torch
 
 from prefrl.config import RewardConfig
 from prefrl.reward.model import RewardEnsemble
-from prefrl.reward.train import PreferenceData, RewardTrainer, preference_loss, val_mask
+from prefrl.reward.train import PreferenceData, RewardTrainer, member_weights, preference_loss, val_mask
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
@@ -153,6 +153,46 @@ def test_validation_split_is_stable_and_tiny_sets_train_on_everything() -> None:
     data = oracle_data(1)._replace(label_ids=np.array([only_val]))
     stats = make()[1].fit(data, epochs=2)
     assert math.isnan(stats.val_loss) and math.isnan(stats.val_acc) and not math.isnan(stats.train_loss)
+
+
+def test_member_weights_are_a_stable_poisson_bootstrap() -> None:
+    ids = np.arange(20000)
+    w = member_weights(ids, seed=0, n_members=3, val_fraction=1 / math.e)
+    assert w.shape == (3, 20000) and w.min() == 0
+    assert np.allclose((w == 0).mean(1), 1 / math.e, atol=0.02)  # each member leaves out 1/e, its validation set
+    assert np.allclose(w.mean(1), 1.0, atol=0.03)  # Poisson(1): as many draws as labels, like a bootstrap
+    assert ((w == 0).all(0)).mean() < 0.07  # ~(1/e)^3 of the labels train no member
+    np.testing.assert_array_equal(member_weights(ids[:300], 0, 3, 1 / math.e), w[:, :300])  # growing keeps them
+    assert (member_weights(ids, 1, 3, 1 / math.e) != w).any()  # the seed matters
+    assert ((member_weights(ids, 0, 3, 0.2) == 0).mean(1) < 0.25).all()
+
+
+@pytest.mark.parametrize("split", ["per_member", "shared"])
+def test_no_member_trains_on_its_validation_labels(split: str) -> None:
+    _, trainer = make(RewardConfig(use_actions=True, val_split=split))
+    boot, counts, val = trainer._resamples(np.arange(600))
+    for m in range(3):
+        assert not val[m, boot[m]].any()
+        np.testing.assert_array_equal(counts[m].numpy() > 0, np.isin(np.arange(600), boot[m].numpy()))
+    used = (counts > 0).any(0).float().mean()
+    if split == "per_member":  # the ensemble trains on nearly all labels, each member on ~63%
+        assert used > 0.9 and (val.float().mean(1) - 1 / math.e).abs().max() < 0.06
+        assert (val[0] != val[1]).any()
+    else:  # one split for all: 1/e trains nobody
+        assert used < 0.7 and (val == val[0]).all()
+
+
+def test_out_of_bag_validation_stays_clean_across_warm_started_refits() -> None:
+    """Random answers: members overfit their own labels, but each member's validation labels are never trained
+    on, even after a refit on a grown label set, so validation accuracy stays at chance."""
+    cfg = RewardConfig(use_actions=True, adapt_l2=False, l2=0.0, hidden=(128, 128), val_split="per_member")
+    _, trainer = make(cfg)
+    data = oracle_data(300, target="noise", seed=3)
+    first = trainer.fit(PreferenceData(*(f[:200] for f in data[:6])), epochs=40)
+    second = trainer.fit(data, epochs=40)
+    for stats in (first, second):
+        assert stats.train_acc > 0.8
+        assert 0.3 < stats.val_acc < 0.7
 
 
 # --- bootstrap, determinism, checkpoints ---------------------------------------------

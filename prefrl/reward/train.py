@@ -94,16 +94,36 @@ def standardised_returns(data: PreferenceData) -> Tensor:
     return ((y - y.mean()) / y.std(correction=0).clamp_min(1e-8)).float()
 
 
-def val_mask(label_ids: np.ndarray, seed: int, fraction: float) -> np.ndarray:
-    """(N,) bool: label in validation iff splitmix64(id, seed) / 2^64 < fraction, so a label keeps its
-    side of the split as the label set grows."""
+def _unit_hash(label_ids: np.ndarray, seed: int) -> np.ndarray:
+    """(N,) float in [0, 1): splitmix64 of (id, seed), a stable per-label uniform draw."""
     z = np.asarray(label_ids, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
         z = z * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+def val_mask(label_ids: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """(N,) bool: label in validation iff splitmix64(id, seed) / 2^64 < fraction, so a label keeps its
+    side of the split as the label set grows (val_split "shared")."""
+    return _unit_hash(label_ids, seed) < fraction
+
+
+def member_weights(label_ids: np.ndarray, seed: int, n_members: int, val_fraction: float) -> np.ndarray:
+    """(M, N) int: how often each member trains on each label, a Poisson draw with P(0) = val_fraction
+    (Poisson(1) for 1/e: the streaming form of a bootstrap resample, Oza & Russell's online bagging), fixed
+    per (label id, member, seed) so that a label keeps its weights as the set grows and warm-started refits
+    never validate a member on labels it trained on before. A member's weight-0 labels are its validation set."""
+    lam = -math.log(val_fraction)
+    k = np.arange(64)
+    cdf = np.cumsum(np.exp(-lam + k * math.log(lam) - np.array([math.lgamma(i + 1) for i in k])))
+    rows = []
+    for m in range(n_members):
+        u = _unit_hash(label_ids, (seed + 0x632BE59BD9B4E019 * (m + 1)) & 0xFFFFFFFFFFFFFFFF)
+        rows.append(np.minimum(np.searchsorted(cdf, u, side="right"), k[-1]))
+    return np.stack(rows).astype(np.int64) if rows else np.zeros((0, len(label_ids)), np.int64)
 
 
 class RewardTrainer:
@@ -137,25 +157,19 @@ class RewardTrainer:
         target = torch.as_tensor(data.target, dtype=torch.float32)
         true = standardised_returns(data) if cfg.objective == "target" else None
 
-        is_val = val_mask(data.label_ids, self.seed, cfg.val_fraction)
-        train_ids = np.flatnonzero(~is_val)
-        val_ids = np.flatnonzero(is_val)
-        if len(train_ids) == 0:  # too few labels to hold any out
-            train_ids, val_ids = np.arange(n), val_ids[:0]
-        n_train, m = len(train_ids), ens.n_members
-        boot = torch.from_numpy(train_ids[self.rng.integers(0, n_train, size=(m, n_train))])  # (M, n_train)
-        # (M, N) how often each label appears in each member's resample, to weigh its train loss
-        counts = torch.zeros(m, n).scatter_add_(1, boot, torch.ones(m, n_train))
-        val_t = torch.from_numpy(val_ids)
-        adapt = cfg.adapt_l2 and len(val_ids) > 0
+        m = ens.n_members
+        boot, counts, val = self._resamples(data.label_ids)  # (M, L) ids, (M, N) multiplicities, (M, N) bool
+        n_draws = boot.shape[1]
+        val_any = torch.from_numpy(np.flatnonzero(val.any(0).numpy()))
+        adapt = cfg.adapt_l2 and len(val_any) > 0
 
         ens.train()
         bs = cfg.batch_size
         for _ in range(epochs):
-            order = torch.from_numpy(np.argsort(self.rng.random((m, n_train)), axis=1))
+            order = torch.from_numpy(np.argsort(self.rng.random((m, n_draws)), axis=1))
             epoch_ids = boot.gather(1, order)
             train_sum = torch.zeros(m)
-            for start in range(0, n_train, bs):
+            for start in range(0, n_draws, bs):
                 ids = epoch_ids[:, start:start + bs]  # (M, b)
                 b = ids.shape[1]
                 r = ens.raw_rewards(x[ids].reshape(m, b * 2 * t_len, n_feat), self.gen)
@@ -169,32 +183,62 @@ class RewardTrainer:
                 train_sum += nll.detach() * b
             if adapt:
                 # train loss: the epoch's running minibatch loss on each member's own resample (free;
-                # a full eval pass would double the fit time); val loss: an eval pass on val labels
-                val_loss = self._nll_of(x, val_t, target, true)[0].mean(1)
-                ratio = val_loss / (train_sum / n_train).clamp_min(1e-12)
+                # a full eval pass would double the fit time); val loss: an eval pass on each member's
+                # validation labels (members without any keep their weight)
+                val_loss = _masked_mean(self._nll_of(x, val_any, target, true)[0], val[:, val_any], dim=1)
+                ratio = val_loss / (train_sum / n_draws).clamp_min(1e-12)
                 step = torch.where(ratio > RATIO_RANGE[1], L2_STEP, torch.where(ratio < RATIO_RANGE[0], 1 / L2_STEP, 1.0))
-                self.l2 = (self.l2 * step).clamp(*L2_RANGE)
+                self.l2 = (self.l2 * torch.where(torch.isnan(ratio), 1.0, step)).clamp(*L2_RANGE)
 
         x.set_output_stats()
         ens.version += 1
         nll, diff = self._nll_of(x, slice(None), target, true)
-        train_loss = (nll * counts).sum(1) / n_train
+        train_loss = (nll * counts).sum(1) / counts.sum(1)
         nan = float("nan")
-        has_val = len(val_ids) > 0
+        val_loss = _masked_mean(nll, val, dim=1)
         return FitStats(
             n_labels=n,
             train_loss=float(train_loss.mean()),
-            val_loss=float(nll[:, val_t].mean()) if has_val else nan,
-            train_acc=_accuracy(diff[train_ids], target[train_ids]),
-            val_acc=_accuracy(diff[val_ids], target[val_ids]) if has_val else nan,
+            val_loss=float(val_loss[~torch.isnan(val_loss)].mean()) if bool(val.any()) else nan,
+            train_acc=_accuracy(_masked_mean(diff, ~val, dim=0), target),
+            val_acc=_accuracy(_masked_mean(diff, val, dim=0), target),
             l2=float(self.l2.mean()),
         )
+
+    def _resamples(self, label_ids: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """Each member's training draws (M, L) label positions, how often each label is among them (M, N), and
+        its validation labels (M, N) bool, by cfg.val_split.
+
+        `per_member`: stable Poisson weights (`member_weights`), weight-0 labels validate that member, so the
+        ensemble trains on all but ~(1/e)^M of the labels; members with fewer draws than the longest are padded
+        with extra draws from their own. `shared`: one split for all members (1/e held out from every member)
+        and a fresh bootstrap of the rest per fit: with 50 labels each member then trained on ~40% of them."""
+        cfg, m = self.cfg, self.ensemble.n_members
+        n = len(label_ids)
+        if cfg.val_split == "per_member":
+            w = member_weights(label_ids, self.seed, m, cfg.val_fraction)
+            empty = w.sum(1) == 0
+            w[empty] = 1  # too few labels for this member to hold any out: it trains on all of them
+            pools = [np.repeat(np.arange(n), w[i]) for i in range(m)]
+            size = max(len(p) for p in pools)
+            draws = np.stack([np.concatenate([p, self.rng.choice(p, size - len(p))]) for p in pools])
+            val = torch.from_numpy(w == 0)
+        else:
+            is_val = val_mask(label_ids, self.seed, cfg.val_fraction)
+            train_ids = np.flatnonzero(~is_val)
+            if len(train_ids) == 0:  # too few labels to hold any out
+                train_ids, is_val = np.arange(n), np.zeros(n, bool)
+            draws = train_ids[self.rng.integers(0, len(train_ids), size=(m, len(train_ids)))]
+            val = torch.from_numpy(np.broadcast_to(is_val, (m, n)).copy())
+        boot = torch.from_numpy(draws)
+        counts = torch.zeros(m, n).scatter_add_(1, boot, torch.ones(boot.shape, dtype=torch.float32))
+        return boot, counts, val
 
     def _nll_of(self, x: _Pairs, ids: Union[Tensor, slice], target: Tensor,
                 true: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """`_nll` of the labels `ids`, one chunk of clips at a time (in-memory data: one chunk)."""
         parts = [self._nll(xs, target[part], None if true is None else true[part]) for part, xs in x.chunks(ids)]
-        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts])
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
     def _loss(self, ret: Tensor, target: Tensor, true: Optional[Tensor]) -> Tensor:
         """Predicted clip returns (M, n, 2) -> per-member, per-label loss (M, n) of the configured objective:
@@ -206,7 +250,7 @@ class RewardTrainer:
     @torch.no_grad()
     def _nll(self, x: Tensor, target: Tensor, true: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """x (n, 2, T, F), target (n,) -> per-member loss without penalty (M, n) in eval mode (no dropout),
-        and the return difference left - right of the normalised ensemble mean (n,), which decides accuracy."""
+        and each member's normalised return difference left - right (M, n), whose means decide accuracy."""
         ens = self.ensemble
         n, _, t_len, n_feat = x.shape
         was_training = ens.training
@@ -214,7 +258,7 @@ class RewardTrainer:
         ret = ens.raw_rewards(x.reshape(-1, n_feat)).reshape(-1, n, 2, t_len).sum(-1)
         ens.train(was_training)
         diff = ret[..., 0] - ret[..., 1]  # (M, n)
-        return self._loss(ret, target, true), (diff / ens.out_std).mean(0)
+        return self._loss(ret, target, true), diff / ens.out_std
 
     def state_dict(self) -> dict:
         """Optimiser state, per-member L2 weights and both rngs; safe for torch.load(weights_only=True)."""
@@ -288,9 +332,16 @@ class _Pairs:
         ens.store_output_stats(raw)
 
 
+def _masked_mean(v: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean of v over the entries where mask is True along dim; nan where there are none."""
+    mask = mask.to(v.dtype)
+    return (v * mask).sum(dim) / mask.sum(dim)
+
+
 def _accuracy(diff: Tensor, target: Tensor) -> float:
-    """Share of non-equal labels where the sign of diff (N,) picks the preferred clip; nan if none."""
-    decided = target != 0.5
+    """Share of non-equal labels where the sign of diff (N,) picks the preferred clip (labels where diff is nan,
+    e.g. no member validates them, do not count); nan if none."""
+    decided = (target != 0.5) & ~torch.isnan(diff)
     if not bool(decided.any()):
         return float("nan")
     return float(((diff[decided] > 0) == (target[decided] > 0.5)).float().mean())
