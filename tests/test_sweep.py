@@ -133,7 +133,8 @@ def test_tiny_grid_on_the_process_pool_then_rerun_skips_it(tmp_path, capsys):
 def test_tiny_grid_on_a_local_ray_instance(tmp_path):
     pytest.importorskip("ray", reason="ray is an optional extra: pip install -e .[ray]")
     r = ablate("--env", "Pendulum-v1", "--variants", "full,target", "--seeds", "2", "--workers", "2", "--ray", "local",
-               "--steps", "256", "--out", str(tmp_path), "--no-plot", "--", *TINY)
+               "--steps", "256", "--out", str(tmp_path), "--no-plot", "--", *TINY,
+               timeout=600)  # Ray's start-up on a loaded 2-core machine: 4 tiny runs took 81 s each, 300 s timed out
     assert r.returncode == 0, r.stderr
     assert "on Ray (local)" in r.stdout
     runs = summaries(tmp_path / "Pendulum-v1" / "runs")
