@@ -125,8 +125,8 @@ class RewardConfig:
     the rest (with 50 labels a member then trains on ~40% of them and no member on 37%). `per_member`: each member
     trains on a Poisson(1) resample fixed per label and validates on the labels it left out (1/e, a bootstrap's
     out-of-bag set), so the ensemble uses ~95% of the labels; validation accuracy is then out-of-bag (each label
-    judged by the members that left it out). On Pendulum it failed as many seeds as `shared`
-    (10 seeds, 50 and 200 labels: 5 of 20 runs either way; results/bench/README.md)."""
+    judged by the members that left it out). On Pendulum it failed no fewer seeds than `shared` (20 seeds, 50 and
+    200 labels: 6 failures in 20 per budget; results/bench/README.md)."""
     l2: float = 1e-4
     """Initial L2 weight on the members' parameters."""
     adapt_l2: bool = True
