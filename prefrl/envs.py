@@ -33,7 +33,7 @@ from gymnasium import spaces  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv  # noqa: E402
 
-from prefrl.config import EnvConfig  # noqa: E402
+from prefrl.config import EnvConfig, reward_transform  # noqa: E402
 
 Family = Literal["atari", "mujoco", "other"]
 
@@ -382,7 +382,21 @@ def make_vec_env(cfg: EnvConfig, seed: int, render: bool = False) -> VecEnv:
     env_fn: Callable[[], gym.Env] = lambda: make_env(cfg, render)  # noqa: E731
     return sb3_make_vec_env(env_fn, n_envs=cfg.n_envs, seed=seed, vec_env_cls=vec_cls,
                             monitor_kwargs={"info_keywords": episode_metrics(cfg.env)},
-                            wrapper_class=ContinuousEpisode if cfg.continuous_episode else None)
+                            wrapper_class=_outer_wrappers(cfg))
+
+
+def _outer_wrappers(cfg: EnvConfig) -> Optional[Callable[[gym.Env], gym.Env]]:
+    """What goes outside Monitor (so episode returns stay the env's own): ContinuousEpisode, and
+    --reward-transform's f(r), which PPO sees and evaluation (make_env) never does."""
+    f = reward_transform(cfg.reward_transform)
+    if not cfg.continuous_episode and f is None:
+        return None
+
+    def wrap(env: gym.Env) -> gym.Env:
+        if cfg.continuous_episode:
+            env = ContinuousEpisode(env)
+        return env if f is None else gym.wrappers.TransformReward(env, f)
+    return wrap
 
 
 def episode_metrics(env_id: str) -> tuple[str, ...]:

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from prefrl.config import ConfigError, FeedbackConfig, RewardConfig, TrainConfig
+from prefrl.config import ConfigError, EnvConfig, FeedbackConfig, RewardConfig, TrainConfig
 
 
 def test_json_round_trip():
@@ -20,6 +20,10 @@ def test_json_round_trip():
     (dict(reward=RewardConfig(l2=math.nan)), "finite"),
     (dict(reward=RewardConfig(output_mean=math.inf)), "--output-mean must be a finite number"),
     (dict(total_timesteps=10**12), "absurd"),
+    (dict(env=EnvConfig(reward_transform="symlog")), "--reward-transform only applies with --reward-source true"),
+    (dict(env=EnvConfig(reward_transform="cube"), reward_source="true"), "unknown --reward-transform 'cube'"),
+    (dict(env=EnvConfig(reward_transform="affine:1"), reward_source="true"), "is not affine:A,B"),
+    (dict(env=EnvConfig(reward_transform="affine:-1,0"), reward_source="true"), "A > 0"),
 ])
 def test_bad_values_are_refused_with_the_flag_named(change, match):
     with pytest.raises(ConfigError, match=match):

@@ -61,3 +61,20 @@ def test_vec_env_builds_and_steps(env_id):
     obs, rew, done, info = venv.step(np.array([venv.action_space.sample() for _ in range(2)]))
     assert obs.shape == (2, *venv.observation_space.shape)
     venv.close()
+
+
+@pytest.mark.parametrize("spec,f", [("symlog", lambda r: -np.log1p(-r)), ("affine:0.5,2", lambda r: 0.5 * r + 2)])
+def test_reward_transform_reaches_ppo_but_not_the_logged_returns(spec, f):
+    """PPO sees f(r); Monitor's episode return (progress.csv, plots) stays the true one."""
+    shaped = make_vec_env(EnvConfig(env="Pendulum-v1", n_envs=2, reward_transform=spec), seed=0)
+    plain = make_vec_env(EnvConfig(env="Pendulum-v1", n_envs=2), seed=0)
+    shaped.reset(), plain.reset()
+    rng = np.random.default_rng(0)
+    true_sum = np.zeros(2)
+    for _ in range(200):  # one full episode
+        act = rng.uniform(-2, 2, size=(2, 1)).astype(np.float32)
+        _, r_shaped, _, info = shaped.step(act)
+        _, r_true, _, _ = plain.step(act)
+        true_sum += r_true
+        assert np.all(r_true < 0) and np.allclose(r_shaped, f(r_true), atol=1e-5)
+    assert np.allclose([i["episode"]["r"] for i in info], true_sum, atol=1e-3)

@@ -13,7 +13,8 @@ import torch
 
 from prefrl.config import RewardConfig
 from prefrl.reward.model import RewardEnsemble
-from prefrl.reward.train import PreferenceData, RewardTrainer, member_weights, preference_loss, val_mask
+from prefrl.reward.train import (PreferenceData, RewardTrainer, _poisson_ppf, member_weights, preference_loss,
+                                 val_mask)
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 BOX = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
@@ -165,6 +166,16 @@ def test_member_weights_are_a_stable_poisson_bootstrap() -> None:
     np.testing.assert_array_equal(member_weights(ids[:300], 0, 3, 1 / math.e), w[:, :300])  # growing keeps them
     assert (member_weights(ids, 1, 3, 1 / math.e) != w).any()  # the seed matters
     assert ((member_weights(ids, 0, 3, 0.2) == 0).mean(1) < 0.25).all()
+
+
+@pytest.mark.parametrize("fraction", [1 / math.e, 0.2, 0.5])
+def test_member_weights_match_scipys_poisson_inverse_cdf(fraction: float) -> None:
+    """The hand-built inverse CDF draws what scipy.stats.poisson.ppf would (scipy costs ~0.7 s to import)."""
+    from scipy.stats import poisson
+
+    u = np.random.default_rng(0).random((3, 200_000))
+    lam = -math.log(fraction)
+    np.testing.assert_array_equal(_poisson_ppf(u, lam), np.maximum(poisson.ppf(u, lam), 0).astype(np.int64))
 
 
 @pytest.mark.parametrize("split", ["per_member", "shared"])
