@@ -57,20 +57,31 @@ KEY_SCRIPT = """
     btn.click();
   }, true);
   // When a new pair is shown (the marker's data-pair changes), restart its two prefetched videos together
-  // from the first frame: hidden videos do not autoplay, and both clips should start in step.
-  let shownPair = null;
-  setInterval(function () {
-    const marker = document.querySelector(".prefrl-render");
-    if (!marker || marker.dataset.pair === shownPair) return;
-    const slot = document.querySelector(".st-key-slot" + marker.dataset.visible);
-    if (!slot) return;
-    shownPair = marker.dataset.pair;
-    slot.querySelectorAll("video").forEach(function (v) {
+  // from the first frame: hidden videos do not autoplay, and both clips should start in step. A play() that
+  // loses a race with the video's own loading is rejected and leaves that clip paused (seen once in headless
+  // Chromium), so for the pair's first 3 s a paused clip restarts both; after that a pause is the person's.
+  let shownPair = null, shownAt = 0;
+  function restart(videos) {
+    videos.forEach(function (v) {
       v.muted = true;
       try { v.currentTime = 0; } catch (err) {}
       const p = v.play();
       if (p && p.catch) p.catch(function () {});
     });
+  }
+  setInterval(function () {
+    const marker = document.querySelector(".prefrl-render");
+    if (!marker) return;
+    const slot = document.querySelector(".st-key-slot" + marker.dataset.visible);
+    if (!slot) return;
+    const videos = slot.querySelectorAll("video");
+    if (marker.dataset.pair !== shownPair) {
+      shownPair = marker.dataset.pair;
+      shownAt = performance.now();
+      restart(videos);
+    } else if (performance.now() - shownAt < 3000 && [...videos].some(function (v) { return v.paused; })) {
+      restart(videos);
+    }
   }, 50);
 })();
 </script>
