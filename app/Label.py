@@ -57,9 +57,10 @@ KEY_SCRIPT = """
     btn.click();
   }, true);
   // When a new pair is shown (the marker's data-pair changes), restart its two prefetched videos together
-  // from the first frame: hidden videos do not autoplay, and both clips should start in step. A play() that
-  // loses a race with the video's own loading is rejected and leaves that clip paused (seen once in headless
-  // Chromium), so for the pair's first 3 s a paused clip restarts both; after that a pause is the person's.
+  // from the first frame: hidden videos do not autoplay, and both clips should start in step. Once in headless
+  // Chromium one clip stayed paused at t=0 (a play() rejected while the video loaded, or a video element that
+  // arrived after the pair changed): for the pair's first 3 s a paused clip restarts both; later a pause is the
+  // person's.
   let shownPair = null, shownAt = 0;
   function restart(videos) {
     videos.forEach(function (v) {

@@ -75,7 +75,7 @@ class PPOConfig:
     n_epochs: int = 5
     """PPO epochs over each rollout. rl-zoo's Pendulum value is 10; with 5, PPO-true kept its score (-135.0, 10
     seeds) and preference runs failed less often with --val-split per_member (10 of 60 runs over seeds 0-29, 50
-    and 200 labels, against 13-30% for every other setting screened on 20 or more seeds; weak evidence,
+    and 200 labels, against 25-30% of runs for every other setting screened on 20 or more seeds; weak evidence,
     results/bench/README.md), and each run takes ~30% less time. The presets set their own."""
     learning_rate: float = 3e-4
     """Adam learning rate of the policy. rl-zoo's Pendulum value, 1e-3, left PPO-true itself unstable over 5 seeds

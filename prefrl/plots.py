@@ -32,7 +32,6 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from scipy import stats  # noqa: E402
 
 
 def read_progress(path: Path) -> dict[str, list[float]]:
@@ -147,6 +146,8 @@ def load_run(path: Path) -> Run:
 
 def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Interquartile mean: the mean of the middle 50% (rliable's aggregate of choice)."""
+    from scipy import stats  # scipy is imported where it is used: learning_curve, at every run's end, needs none
+
     return stats.trim_mean(x, 0.25, axis=axis)
 
 
@@ -161,6 +162,8 @@ def interval_estimate(strata: Sequence[np.ndarray], aggregate: Callable[..., np.
 
     def pooled(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
         return aggregate(np.concatenate(xs, axis=axis), axis=axis)
+
+    from scipy import stats
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all-equal scores: a zero-width interval is the right answer
@@ -191,6 +194,8 @@ def curve(runs: Sequence[Run], column: str) -> Optional[dict[str, np.ndarray]]:
     ys = np.stack([np.interp(steps, x, y) for x, y in series])  # (runs, steps)
     low = high = np.full(len(steps), np.nan)
     if len(series) >= 2:
+        from scipy import stats
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ci = stats.bootstrap((ys,), np.mean, axis=0, n_resamples=N_RESAMPLES, confidence_level=CONFIDENCE,
@@ -215,6 +220,8 @@ def _corr(r: Run, a: str, b: str) -> float:
     ok = ~(np.isnan(x) | np.isnan(y))
     if ok.sum() < 3 or x[ok].std() == 0 or y[ok].std() == 0:
         return math.nan
+    from scipy import stats
+
     return float(stats.pearsonr(x[ok], y[ok]).statistic)
 
 

@@ -124,8 +124,8 @@ def member_weights(label_ids: np.ndarray, seed: int, n_members: int, val_fractio
 
 def _poisson_ppf(u: np.ndarray, lam: float) -> np.ndarray:
     """The smallest k with P(K <= k) >= u for K ~ Poisson(lam), as int64: scipy.stats.poisson.ppf (the same
-    weights on 3M draws, tests/test_reward_model.py) without its ~0.7 s import, which --val-split per_member, the
-    default, would add to every run's wall time."""
+    weights on 3M draws, tests/test_reward_model.py) without importing scipy, which a training run otherwise never
+    does (~0.7 s that only runs with --val-split per_member, the default, would pay)."""
     k = np.arange(int(lam + 12 * math.sqrt(lam) + 20) + 1)
     cdf = np.cumsum(np.exp(k * math.log(lam) - lam - np.array([math.lgamma(i + 1) for i in k])))
     return np.minimum(np.searchsorted(cdf, u, side="left"), k[-1]).astype(np.int64)
