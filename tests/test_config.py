@@ -24,6 +24,8 @@ def test_json_round_trip():
     (dict(env=EnvConfig(reward_transform="cube"), reward_source="true"), "unknown --reward-transform 'cube'"),
     (dict(env=EnvConfig(reward_transform="affine:1"), reward_source="true"), "is not affine:A,B"),
     (dict(env=EnvConfig(reward_transform="affine:-1,0"), reward_source="true"), "A > 0"),
+    (dict(env=EnvConfig(reward_transform="power:x"), reward_source="true"), "is not power:P"),
+    (dict(env=EnvConfig(reward_transform="power:0"), reward_source="true"), "P > 0"),
 ])
 def test_bad_values_are_refused_with_the_flag_named(change, match):
     with pytest.raises(ConfigError, match=match):
@@ -39,3 +41,13 @@ def test_corrupt_json_is_one_clear_line():
 def test_unknown_setting_refused():
     with pytest.raises(ConfigError, match="unknown setting"):
         TrainConfig.from_json('{"bogus": 1}')
+
+
+@pytest.mark.parametrize("env_id", ["ALE/Pong-v5", "Hopper-v5", "prefrl/MiniPong-v0", "prefrl/LavaLedge-v0"])
+def test_presets_keep_the_fit_their_results_were_measured_with(env_id):
+    """Classic-control defaults moved (refit epochs 10 -> 6, per_member validation); the presets must not."""
+    from prefrl.presets import defaults
+
+    cfg = defaults(env_id)
+    assert TrainConfig().reward.epochs == 6 and TrainConfig().reward.val_split == "per_member"
+    assert cfg.reward.epochs == 10 and cfg.reward.val_split == "shared"

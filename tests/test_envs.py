@@ -63,7 +63,8 @@ def test_vec_env_builds_and_steps(env_id):
     venv.close()
 
 
-@pytest.mark.parametrize("spec,f", [("symlog", lambda r: -np.log1p(-r)), ("affine:0.5,2", lambda r: 0.5 * r + 2)])
+@pytest.mark.parametrize("spec,f", [("symlog", lambda r: -np.log1p(-r)), ("affine:0.5,2", lambda r: 0.5 * r + 2),
+                                    ("power:2", lambda r: -(r * r))])
 def test_reward_transform_reaches_ppo_but_not_the_logged_returns(spec, f):
     """PPO sees f(r); Monitor's episode return (progress.csv, plots) stays the true one."""
     shaped = make_vec_env(EnvConfig(env="Pendulum-v1", n_envs=2, reward_transform=spec), seed=0)

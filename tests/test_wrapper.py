@@ -8,12 +8,12 @@ from prefrl.reward.model import RewardEnsemble
 from prefrl.reward.wrapper import LearnedReward
 
 
-def wrapped(env_id="Pendulum-v1", n_envs=2, fitted=True, offset=0.0, per_rollout=False):
+def wrapped(env_id="Pendulum-v1", n_envs=2, fitted=True, offset=0.0, per_rollout=False, std_weight=0.0):
     venv = make_vec_env(EnvConfig(env=env_id, n_envs=n_envs), seed=0)
     ens = RewardEnsemble(venv.observation_space, venv.action_space, RewardConfig(), seed=0)
     if fitted:
         ens.version = 1
-    return LearnedReward(venv, ens, per_rollout=per_rollout, offset=offset), ens
+    return LearnedReward(venv, ens, per_rollout=per_rollout, offset=offset, std_weight=std_weight), ens
 
 
 def test_reward_is_the_ensemble_mean_and_true_reward_rides_in_info():
@@ -54,6 +54,20 @@ def test_offset_shifts_what_ppo_sees_and_nothing_else(per_rollout):
     unfitted, _ = wrapped(fitted=False, offset=-1.5)
     unfitted.reset()
     assert np.all(unfitted.step(acts)[1] == np.float32(-1.5))
+
+
+@pytest.mark.parametrize("per_rollout", [False, True])
+@pytest.mark.parametrize("weight", [0.5, -1.0])
+def test_std_weight_adds_the_members_spread_to_what_ppo_sees(per_rollout, weight):
+    env, ens = wrapped(per_rollout=per_rollout, std_weight=weight)
+    obs = env.reset()
+    acts = np.array([[0.5], [-1.0]], dtype=np.float32)
+    mean, std = ens.predict(obs, acts)
+    _, rews, _, _ = env.step(acts)
+    if per_rollout:
+        rews = env.rollout_rewards()[0][0]
+    assert np.all(std > 1e-3)  # members of different initial weights disagree, so the term is visible
+    np.testing.assert_allclose(rews, mean + weight * std, rtol=1e-5)
 
 
 def test_episode_end_reports_learned_return_beside_monitor_true_return():

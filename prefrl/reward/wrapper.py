@@ -27,7 +27,8 @@ _CHUNK_BYTES = 16 << 20  # in one batch; fewer rows for big observations (Atari 
 
 
 class LearnedReward(VecEnvWrapper):
-    """Replace the reward with the normalised ensemble mean r(s_t, a_t) plus a constant offset.
+    """Replace the reward with the normalised ensemble mean r(s_t, a_t) plus a constant offset (and, with
+    std_weight, that many times the members' std: an optimism bonus or a pessimism penalty).
 
     Each step's info gets `true_reward`. Per step, an episode end's info also gets `learned_episode_return`
     (per rollout, `rollout_rewards` returns them), so plots can set learned against true return. The
@@ -35,10 +36,12 @@ class LearnedReward(VecEnvWrapper):
     nothing to sync. Before the first fit the reward is the offset alone.
     """
 
-    def __init__(self, venv: VecEnv, ensemble: "RewardEnsemble", per_rollout: bool = False, offset: float = 0.0):
+    def __init__(self, venv: VecEnv, ensemble: "RewardEnsemble", per_rollout: bool = False, offset: float = 0.0,
+                 std_weight: float = 0.0):
         super().__init__(venv)
         self.ensemble = ensemble
         self.offset = np.float32(offset)
+        self.std_weight = np.float32(std_weight)
         self.per_rollout = per_rollout
         self._obs: Optional[np.ndarray] = None
         self._acts: Optional[np.ndarray] = None
@@ -74,14 +77,19 @@ class LearnedReward(VecEnvWrapper):
         return obs, rews, dones, infos
 
     def _predict(self, obs: np.ndarray, acts: np.ndarray) -> np.ndarray:
-        """(B, ...) -> (B,) float32: the ensemble mean (0 before the first fit) plus the offset; big batches in
-        chunks."""
+        """(B, ...) -> (B,) float32: the ensemble mean (0 before the first fit) plus std_weight x the members' std
+        plus the offset; big batches in chunks."""
         if not self.ensemble.fitted:
             return np.full(len(obs), self.offset, dtype=np.float32)
         chunk = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // max(1, obs[0].nbytes)))
-        parts = [self.ensemble.predict(obs[i:i + chunk], acts[i:i + chunk], with_std=False)[0]
-                 for i in range(0, len(obs), chunk)]
+        parts = [self._mean_and_bonus(obs[i:i + chunk], acts[i:i + chunk]) for i in range(0, len(obs), chunk)]
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(np.float32, copy=False) + self.offset
+
+    def _mean_and_bonus(self, obs: np.ndarray, acts: np.ndarray) -> np.ndarray:
+        if not self.std_weight:
+            return self.ensemble.predict(obs, acts, with_std=False)[0]
+        mean, std = self.ensemble.predict(obs, acts, with_std=True)
+        return mean + self.std_weight * std
 
     def _close_episodes(self, rews: np.ndarray, ends: np.ndarray) -> list[tuple[int, float]]:
         """Add one step's rewards to the running (float64) episode returns; hand back and zero those that ended."""
