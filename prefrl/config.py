@@ -391,22 +391,26 @@ def reward_transform(spec: str) -> Optional[Callable[[float], float]]:
     if spec == "symlog":
         return lambda r: math.copysign(math.log1p(abs(r)), r)
     if spec.startswith("power:"):
-        try:
-            p = float(spec[len("power:"):])
-        except ValueError:
-            raise ConfigError(f"--reward-transform {spec!r} is not power:P; {fix}") from None
-        if not (p > 0 and math.isfinite(p)):
-            raise ConfigError(f"--reward-transform {spec!r} needs a finite P > 0 (order-keeping); {fix}")
+        (p,) = _spec_numbers(spec, "power:P", 1, fix)
         return lambda r: math.copysign(abs(r) ** p, r)
     if spec.startswith("affine:"):
-        try:
-            a, b = (float(v) for v in spec[len("affine:"):].split(","))
-        except ValueError:
-            raise ConfigError(f"--reward-transform {spec!r} is not affine:A,B; {fix}") from None
-        if not (a > 0 and math.isfinite(a) and math.isfinite(b)):
-            raise ConfigError(f"--reward-transform {spec!r} needs a finite A > 0 (order-keeping); {fix}")
+        a, b = _spec_numbers(spec, "affine:A,B", 2, fix)
         return lambda r: a * r + b
     raise ConfigError(f"unknown --reward-transform {spec!r}; {fix}")
+
+
+def _spec_numbers(spec: str, form: str, count: int, fix: str) -> list[float]:
+    """`name:x[,y...]` -> its `count` finite numbers, the first > 0 (the slope that keeps the reward's order)."""
+    try:
+        values = [float(v) for v in spec.split(":", 1)[1].split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise ConfigError(f"--reward-transform {spec!r} is not {form}; {fix}")
+    if not (values[0] > 0 and all(math.isfinite(v) for v in values)):
+        slope = form.split(":")[1][0]  # P of power:P, A of affine:A,B
+        raise ConfigError(f"--reward-transform {spec!r} needs a finite {slope} > 0 (order-keeping); {fix}")
+    return values
 
 
 def _type_error(obj: Any) -> Optional[str]:
