@@ -66,6 +66,10 @@ def run_one(method: str, seed: int, steps: int, runs_dir: str, train_flags: list
                 wall_seconds=round(r.wall_seconds, 1), peak_rss_mb=round(r.peak_rss_mb, 1))
 
 
+TARGET_MEAN, TARGET_WORST, TARGET_WALL = 0.98, 0.95, 1.10
+"""Issue 2's bars for each preference budget: normalised mean, every seed, wall time as a multiple of PPO-true's."""
+
+
 def summarise(rows: list[dict], meta: dict) -> str:
     by = {m: [r for r in rows if r["method"] == m] for m in METHODS}
     mean = {m: statistics.fmean(r["true_return"] for r in rs) for m, rs in by.items() if rs}
@@ -81,10 +85,11 @@ def summarise(rows: list[dict], meta: dict) -> str:
         f"Every run: {meta['steps']} PPO steps, the same PPO hyperparameters (prefrl defaults), scored on the TRUE "
         "reward over 10 deterministic episodes with reset seeds 10000-10009. Normalised: random = 0, PPO-true = 1.",
         "",
-        "| method | seeds | true return mean ± sd | worst seed | normalised mean | normalised worst | wall s (mean) "
-        "| wall / PPO-true | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | seeds | true return mean ± sd | worst seed | normalised mean | normalised worst | "
+        f"seeds under {TARGET_WORST} | wall s (mean) | wall / PPO-true | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    verdicts = []
     for m, rs in by.items():
         if not rs:
             continue
@@ -94,9 +99,18 @@ def summarise(rows: list[dict], meta: dict) -> str:
         ratio = f"{wall / wall_true:.2f}x" if wall_true and m != "random" else "-"
         nm = f"{norm(mean[m]):.3f}" if norm else "-"
         nw = f"{norm(min(xs)):.3f}" if norm else "-"
+        under = sum(norm(x) < TARGET_WORST for x in xs) if norm else None
+        nu = f"{under} of {len(xs)}" if norm and m.startswith("pref_") else "-"
         rss = max(r["peak_rss_mb"] for r in rs)
-        lines.append(f"| {m} | {len(rs)} | {mean[m]:.1f} ± {sd:.1f} | {min(xs):.1f} | {nm} | {nw} | {wall:.1f} | "
-                     f"{ratio} | {rss:.0f} |")
+        lines.append(f"| {m} | {len(rs)} | {mean[m]:.1f} ± {sd:.1f} | {min(xs):.1f} | {nm} | {nw} | {nu} | "
+                     f"{wall:.1f} | {ratio} | {rss:.0f} |")
+        if norm and wall_true and m.startswith("pref_"):
+            met = [norm(mean[m]) >= TARGET_MEAN, under == 0, wall / wall_true <= TARGET_WALL]
+            verdicts.append(f"{m}: " + ", ".join(f"{what} {'met' if ok else 'missed'}"
+                                                 for what, ok in zip(("mean", "worst seed", "wall"), met)))
+    if verdicts:
+        lines += ["", f"Issue 2's targets (normalised mean >= {TARGET_MEAN}, every seed >= {TARGET_WORST}, wall <= "
+                      f"{TARGET_WALL:.2f}x PPO-true's): " + "; ".join(verdicts) + "."]
     lines += ["", "Per-run rows: `pendulum.csv` beside this file. Run folders (labels, checkpoints, curves): "
               f"`{meta['runs_dir']}` (not committed)."]
     return "\n".join(lines) + "\n"

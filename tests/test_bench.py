@@ -102,3 +102,23 @@ def test_combine_takes_a_finished_run_folder(tmp_path):
         main(["mujoco", "--combine", str(unfinished), "--out", str(tmp_path / "out2")])
     with pytest.raises(SystemExit, match="not a readable run folder"):
         main(["mujoco", "--combine", str(tmp_path), "--out", str(tmp_path / "out3")])
+
+
+def test_pendulum_summary_counts_seeds_under_the_bar_and_states_each_target():
+    from prefrl.bench import summarise
+
+    def row(method, seed, ret, wall):
+        return dict(method=method, seed=seed, labels=0, steps=100, true_return=ret, wall_seconds=wall, peak_rss_mb=1.0)
+
+    # random -1100, PPO-true -100: normalised 0.95 is -150
+    rows = [row("random", s, -1100.0, 0.0) for s in range(2)] + [row("ppo_true", s, -100.0, 10.0) for s in range(2)]
+    rows += [row("pref_200", 0, -100.0, 10.5), row("pref_200", 1, -110.0, 11.0)]  # every seed above: wall 1.075x
+    rows += [row("pref_50", 0, -90.0, 12.0), row("pref_50", 1, -160.0, 12.0)]  # mean 0.975, one seed at 0.94, 1.2x
+    meta = dict(command="c", date="d", machine="m", load_start="0", load_end="0", workers=1, total_wall=1.0,
+                steps=100, runs_dir="r")
+    md = summarise(rows, meta)
+    pref200 = next(line for line in md.splitlines() if line.startswith("| pref_200 |"))
+    pref50 = next(line for line in md.splitlines() if line.startswith("| pref_50 |"))
+    assert "| 0 of 2 |" in pref200 and "| 1 of 2 |" in pref50
+    assert "pref_200: mean met, worst seed met, wall met" in md
+    assert "pref_50: mean missed, worst seed missed, wall missed" in md
