@@ -688,13 +688,15 @@ def _source_run(path: Path) -> Path:
 
 
 def reward_config_of(path: Path, cfg: TrainConfig) -> TrainConfig:
-    """--reward-model: build the ensemble exactly as the run that trained it did."""
+    """--reward-model: build the ensemble exactly as the run that trained it did. How PPO sees its output (the
+    offset --output-mean and the std term --std-weight, applied in LearnedReward) is this run's to choose."""
     src_file = ensemble_file(path)
     src = TrainConfig.from_json((_source_run(src_file) / "config.json").read_text())
     if src.env.env != cfg.env.env:
         raise ConfigError(f"the reward model at {path} was trained on {src.env.env}, not {cfg.env.env}; "
                           f"use --env {src.env.env}")
-    return replace(cfg, reward=src.reward)
+    return replace(cfg, reward=replace(src.reward, output_mean=cfg.reward.output_mean,
+                                       std_weight=cfg.reward.std_weight))
 
 
 def check_label_db(db: Path, obs_shape: tuple[int, ...]) -> tuple[Path, list, list]:

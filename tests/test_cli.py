@@ -137,10 +137,14 @@ def test_labels_and_reward_model_are_reused_without_new_labels(tmp_path):
         original = db.execute("SELECT l.answer, l.labeler, p.left_clip, p.right_clip FROM labels l "
                               "JOIN pairs p ON p.id = l.pair_id WHERE l.answer != 'cant_tell' ORDER BY l.id").fetchall()
     assert copied == original  # the same labels, with provenance, and none asked anew
-    r = prefrl("train", "--run-dir", str(tmp_path / "from_model"), *TINY, "--reward-model", str(src))
+    r = prefrl("train", "--run-dir", str(tmp_path / "from_model"), *TINY, "--reward-model", str(src),
+               "--hidden", "8", "--output-mean", "-1.5", "--std-weight", "0.5")
     assert r.returncode == 0, r.stderr
     with sqlite3.connect(tmp_path / "from_model" / "labels.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 0
+    reward = json.loads((tmp_path / "from_model" / "config.json").read_text())["reward"]
+    assert reward["hidden"] == [64, 64]  # the source's network, whatever the flags say
+    assert reward["output_mean"] == -1.5 and reward["std_weight"] == 0.5  # how PPO sees it: this run's flags
     bad = prefrl("train", "--run-dir", str(tmp_path / "x"), *TINY, "--env", "CartPole-v1", "--reward-model", str(src))
     assert bad.returncode != 0 and "trained on Pendulum-v1, not CartPole-v1" in bad.stderr
 
