@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 
+DEFAULT_OUTPUT_MEAN = -1.5
+"""The learned reward's offset where episodes cannot end early (RewardConfig.output_mean)."""
+
+
 class ConfigError(ValueError):
     """A bad setting; the message is one line that says how to fix it."""
 
@@ -159,14 +163,17 @@ class RewardConfig:
     """Epochs of the first fit, on the labels from the initial policy."""
     output_std: float = 1.0
     """Each member's output is normalised to zero mean and this std before averaging."""
-    output_mean: float = 0.0
-    """Added to the ensemble mean before PPO sees it (the members stay zero-mean, so pair choice and the
-    fit are unchanged)."""
+    output_mean: Optional[float] = None
+    """Added to the ensemble mean before PPO sees it (the members stay zero-mean, so pair choice and the fit are
+    unchanged). Unset: -1.5 where no episode ends early (a fixed horizon or one continuous episode: a constant then
+    changes no policy's ranking, only PPO's optimisation), else 0 (a negative constant would pay the agent to end
+    episodes). On Pendulum, PPO trained on fixed 200-label models failed 4 of 16 seeds at 0 and none at -1.5, and
+    online runs failed less (results/bench/README.md, tenth session). The presets keep 0."""
     std_weight: float = 0.0
     """PPO's reward is the ensemble mean plus this many times the members' std at each step: > 0 a bonus where
     the members disagree (optimism, as RUNE does in PEBBLE, here constant), < 0 a penalty (pessimism); 0 the mean
     alone. On Pendulum with 50 labels, seeds 0-9: +1 failed 5 of 10 seeds (two worse than random), -1 failed 4,
-    the default 1 (results/bench/README.md)."""
+    0 (then the default) 5 on the same machine (results/bench/README.md)."""
     label_buffer: Optional[int] = None
     """Train on only the newest this many labels (None: all)."""
     objective: Literal["preference", "target"] = "preference"
@@ -288,6 +295,14 @@ class TrainConfig:
     def rate_constant(self) -> float:
         c = self.feedback.rate_constant
         return float(c) if c is not None else self.total_timesteps / 5
+
+    @property
+    def reward_offset(self) -> float:
+        """What LearnedReward adds to the ensemble mean: --output-mean, or its default (see RewardConfig)."""
+        m = self.reward.output_mean
+        if m is not None:
+            return float(m)
+        return DEFAULT_OUTPUT_MEAN if self.env.fixed_horizon or self.env.continuous_episode else 0.0
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, with the fix) on settings that cannot work."""

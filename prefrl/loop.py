@@ -159,7 +159,7 @@ class Trainer:
             else:
                 self.schedule = LabelSchedule.from_config(cfg)
             venv = LearnedReward(self.recorder, self.ensemble, per_rollout=cfg.reward_per_rollout,
-                                 offset=cfg.reward.output_mean, std_weight=cfg.reward.std_weight)
+                                 offset=cfg.reward_offset, std_weight=cfg.reward.std_weight)
         per_rollout = self.learned and cfg.reward_per_rollout
         self.venv = (RolloutRewardNormalize if per_rollout else VecNormalize)(
             venv, norm_obs=cfg.env.normalize_obs, norm_reward=cfg.env.normalize_reward, gamma=cfg.ppo.gamma)

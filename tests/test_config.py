@@ -44,10 +44,25 @@ def test_unknown_setting_refused():
 
 
 @pytest.mark.parametrize("env_id", ["ALE/Pong-v5", "Hopper-v5", "prefrl/MiniPong-v0", "prefrl/LavaLedge-v0"])
-def test_presets_keep_the_fit_their_results_were_measured_with(env_id):
-    """Classic-control defaults moved (refit epochs 10 -> 6, per_member validation); the presets must not."""
+def test_presets_keep_the_reward_settings_their_results_were_measured_with(env_id):
+    """Classic-control defaults moved (refit epochs 10 -> 6, per_member validation, a -1.5 offset); the presets
+    must not."""
     from prefrl.presets import defaults
 
     cfg = defaults(env_id)
-    assert TrainConfig().reward.epochs == 6 and TrainConfig().reward.val_split == "per_member"
-    assert cfg.reward.epochs == 10 and cfg.reward.val_split == "shared"
+    base = TrainConfig().reward
+    assert base.epochs == 6 and base.val_split == "per_member" and TrainConfig().reward_offset == -1.5
+    assert cfg.reward.epochs == 10 and cfg.reward.val_split == "shared" and cfg.reward_offset == 0.0
+
+
+def test_the_reward_offset_defaults_to_a_shift_only_where_no_episode_ends_early():
+    from dataclasses import replace
+
+    cfg = TrainConfig()
+    assert cfg.env.fixed_horizon and cfg.reward_offset == -1.5
+    ends = replace(cfg, env=replace(cfg.env, fixed_horizon=False))  # a negative constant would pay for dying
+    assert ends.reward_offset == 0.0
+    endless = replace(ends, env=replace(ends.env, continuous_episode=True))
+    assert endless.reward_offset == -1.5
+    assert replace(ends, reward=replace(cfg.reward, output_mean=-2.0)).reward_offset == -2.0  # a flag always wins
+    assert TrainConfig.from_json(cfg.to_json()).reward.output_mean is None  # config.json keeps "unset"
