@@ -169,6 +169,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("results/bench"))
     args = ap.parse_args()
+    try:
+        import imitation  # noqa: F401
+    except ImportError:
+        print(f"{Path(__file__).name}: imitation is not installed in {sys.executable}; build its venv as this "
+              "script's docstring says (python3 -m venv /tmp/imvenv, then pip install torch==2.13.0 and "
+              "\"numpy<2\" imitation==1.0.1) and run it with /tmp/imvenv/bin/python", file=sys.stderr)
+        return 2
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
     if bad:

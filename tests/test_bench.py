@@ -122,3 +122,19 @@ def test_pendulum_summary_counts_seeds_under_the_bar_and_states_each_target():
     assert "| 0 of 2 |" in pref200 and "| 1 of 2 |" in pref50
     assert "pref_200: mean met, worst seed met, wall met" in md
     assert "pref_50: mean missed, worst seed missed, wall missed" in md
+
+
+def test_imitation_reference_script_says_how_to_get_imitation_when_it_is_missing(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    if importlib.util.find_spec("imitation") is not None:
+        pytest.skip("imitation is installed here")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "imitation_pendulum.py"
+    r = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "imitation is not installed" in r.stderr and "/tmp/imvenv" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing written
