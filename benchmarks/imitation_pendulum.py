@@ -34,6 +34,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Optional
 
 STEPS = 122_880
 ITERATION_STEPS = 4_096
@@ -47,24 +48,14 @@ def run_one(method: str, seed: int) -> dict:
     import contextlib
     import io
 
-    import gymnasium as gym
     import numpy as np
     import torch
 
     torch.set_num_threads(1)  # as prefrl's runs: 1 thread per process
-    if method == "random":
-        returns = []
-        for s in EVAL_SEEDS:
-            env = gym.make("Pendulum-v1")
-            env.action_space.seed(seed * 100_000 + s)  # a different random policy per run seed
-            env.reset(seed=s)
-            total, done = 0.0, False
-            while not done:
-                _, r, term, trunc, _ = env.step(env.action_space.sample())
-                total, done = total + float(r), term or trunc
-            returns.append(total)
-        return dict(method=method, seed=seed, labels=0, steps=0, true_return=float(np.mean(returns)),
-                    wall_seconds=0.0, peak_rss_mb=_rss_mb())
+    if method == "random":  # a different random policy per run seed
+        returns = _score(lambda env, obs: env.action_space.sample(), action_seed=seed * 100_000)
+        return dict(method=method, seed=seed, labels=0, steps=0, true_return=returns, wall_seconds=0.0,
+                    peak_rss_mb=_rss_mb())
 
     from imitation.algorithms import preference_comparisons as pc
     from imitation.policies.base import FeedForward32Policy, NormalizeFeaturesExtractor
@@ -99,18 +90,29 @@ def run_one(method: str, seed: int) -> dict:
                 initial_epoch_multiplier=4, query_schedule="hyperbolic")
             loop.train(total_timesteps=(iterations - 1) * ITERATION_STEPS, total_comparisons=labels)
     wall = time.monotonic() - t0
+    return dict(method=method, seed=seed, labels=labels, steps=int(agent.num_timesteps),
+                true_return=_score(lambda env, obs: agent.predict(obs, deterministic=True)[0]),
+                wall_seconds=round(wall, 1), peak_rss_mb=_rss_mb())
+
+
+def _score(act, action_seed: Optional[int] = None) -> float:
+    """Mean true return of act(env, obs) -> action over the EVAL_SEEDS episodes; action_seed + the reset seed seeds
+    each episode's action space (for random actions)."""
+    import gymnasium as gym
+    import numpy as np
+
     returns = []
     for s in EVAL_SEEDS:
         env = gym.make("Pendulum-v1")
+        if action_seed is not None:
+            env.action_space.seed(action_seed + s)
         obs, _ = env.reset(seed=s)
         total, done = 0.0, False
         while not done:
-            action, _ = agent.predict(obs, deterministic=True)
-            obs, r, term, trunc, _ = env.step(action)
+            obs, r, term, trunc, _ = env.step(act(env, obs))
             total, done = total + float(r), term or trunc
         returns.append(total)
-    return dict(method=method, seed=seed, labels=labels, steps=int(agent.num_timesteps),
-                true_return=float(np.mean(returns)), wall_seconds=round(wall, 1), peak_rss_mb=_rss_mb())
+    return float(np.mean(returns))
 
 
 def _rss_mb() -> float:

@@ -99,15 +99,17 @@ def summarise(rows: list[dict], meta: dict) -> str:
         ratio = f"{wall / wall_true:.2f}x" if wall_true and m != "random" else "-"
         nm = f"{norm(mean[m]):.3f}" if norm else "-"
         nw = f"{norm(min(xs)):.3f}" if norm else "-"
-        under = sum(norm(x) < TARGET_WORST for x in xs) if norm else None
-        nu = f"{under} of {len(xs)}" if norm and m.startswith("pref_") else "-"
+        nu = "-"
+        if norm and m.startswith("pref_"):
+            under = sum(norm(x) < TARGET_WORST for x in xs)
+            nu = f"{under} of {len(xs)}"
+            if wall_true:
+                met = [norm(mean[m]) >= TARGET_MEAN, under == 0, wall / wall_true <= TARGET_WALL]
+                verdicts.append(f"{m}: " + ", ".join(f"{what} {'met' if ok else 'missed'}"
+                                                     for what, ok in zip(("mean", "worst seed", "wall"), met)))
         rss = max(r["peak_rss_mb"] for r in rs)
         lines.append(f"| {m} | {len(rs)} | {mean[m]:.1f} ± {sd:.1f} | {min(xs):.1f} | {nm} | {nw} | {nu} | "
                      f"{wall:.1f} | {ratio} | {rss:.0f} |")
-        if norm and wall_true and m.startswith("pref_"):
-            met = [norm(mean[m]) >= TARGET_MEAN, under == 0, wall / wall_true <= TARGET_WALL]
-            verdicts.append(f"{m}: " + ", ".join(f"{what} {'met' if ok else 'missed'}"
-                                                 for what, ok in zip(("mean", "worst seed", "wall"), met)))
     if verdicts:
         lines += ["", f"Issue 2's targets (normalised mean >= {TARGET_MEAN}, every seed >= {TARGET_WORST}, wall <= "
                       f"{TARGET_WALL:.2f}x PPO-true's): " + "; ".join(verdicts) + "."]

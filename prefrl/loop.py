@@ -39,7 +39,7 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
 from prefrl.clips import (SPILL_BYTES, Clip, ClipObsArray, ClipRecorder, load_clip_acts_rews, load_clip_arrays,
                           save_clip)
-from prefrl.config import ConfigError, TrainConfig
+from prefrl.config import PPO_VIEW_FIELDS, ConfigError, TrainConfig
 from prefrl.envs import (EnvError, env_family, episode_limit, episode_metrics, make_env, make_vec_env,
                          render_backend, state_renderer)
 from prefrl.evaluate import evaluate
@@ -688,15 +688,14 @@ def _source_run(path: Path) -> Path:
 
 
 def reward_config_of(path: Path, cfg: TrainConfig) -> TrainConfig:
-    """--reward-model: build the ensemble exactly as the run that trained it did. How PPO sees its output (the
-    offset --output-mean and the std term --std-weight, applied in LearnedReward) is this run's to choose."""
+    """--reward-model: build the ensemble exactly as the run that trained it did; how PPO sees its output
+    (PPO_VIEW_FIELDS: --output-mean, --std-weight) is this run's to choose."""
     src_file = ensemble_file(path)
     src = TrainConfig.from_json((_source_run(src_file) / "config.json").read_text())
     if src.env.env != cfg.env.env:
         raise ConfigError(f"the reward model at {path} was trained on {src.env.env}, not {cfg.env.env}; "
                           f"use --env {src.env.env}")
-    return replace(cfg, reward=replace(src.reward, output_mean=cfg.reward.output_mean,
-                                       std_weight=cfg.reward.std_weight))
+    return replace(cfg, reward=replace(src.reward, **{f: getattr(cfg.reward, f) for f in PPO_VIEW_FIELDS}))
 
 
 def check_label_db(db: Path, obs_shape: tuple[int, ...]) -> tuple[Path, list, list]:
