@@ -127,7 +127,9 @@ def read_rows(path: Path) -> list[dict]:
 
 def summarise(rows: list[dict], meta: dict) -> str:
     by = {m: [r for r in rows if r["method"] == m] for m in METHODS}
-    mean = lambda rs, k: statistics.fmean(r[k] for r in rs)  # noqa: E731
+    def mean(rs: list[dict], key: str) -> float:
+        return statistics.fmean(r[key] for r in rs)
+
     rand = mean(by["random"], "true_return") if by["random"] else None
     ppo = mean(by["ppo_true"], "true_return") if by["ppo_true"] else None
     ppo_wall = mean(by["ppo_true"], "wall_seconds") if by["ppo_true"] else None
@@ -198,7 +200,8 @@ def main() -> int:
             rows.append(row)
             with open(rows_file, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            print(f"{row['method']} seed {row['seed']}: {row['true_return']:.1f}, {row['wall_seconds']:.0f} s", flush=True)
+            print(f"{row['method']} seed {row['seed']}: {row['true_return']:.1f}, {row['wall_seconds']:.0f} s",
+                  flush=True)
     meta.update(total_wall=time.monotonic() - t0, load_end=" / ".join(f"{x:.2f}" for x in os.getloadavg()))
     rows.sort(key=lambda r: (METHODS.index(r["method"]), r["seed"]))
     with open(args.out / "imitation_pendulum.csv", "w", newline="") as fh:

@@ -67,8 +67,9 @@ class EnvConfig:
     progress.csv, plots and evaluation keep r. `symlog` (sign(r) log(1 + |r|)), `power:P` (sign(r) |r|^P, P > 0) or
     `affine:A,B` (A r + B, A > 0): each keeps the order of every step's reward and changes its shape, as a learned
     reward does. On Pendulum with 10 PPO epochs symlog made PPO-true fail 4 of 10 seeds and affine:0.2857,1.714
-    none; with 5 epochs symlog failed none and power:2 scored -167 to -209 on all 10 (a per-step reshaping also changes which policy is best
-    for the sum, so a lower true score is not by itself a PPO failure; results/bench/README.md)."""
+    none; with 5 epochs symlog failed none and power:2 scored -167 to -209 on all 10 (a per-step reshaping also
+    changes which policy is best for the sum, so a lower true score is not by itself a PPO failure;
+    results/bench/README.md)."""
 
 
 @dataclass(frozen=True)

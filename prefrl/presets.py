@@ -125,8 +125,9 @@ def lava_ledge(cfg: TrainConfig) -> TrainConfig:
 
 OWN_TASKS = {"prefrl/MiniPong-v0": minipong, "prefrl/LavaLedge-v0": lava_ledge}
 """Our envs/ tasks' defaults, measured when each task was written (flags still override). The presets pin the
-reward inputs, fit and offset (MEASURED_REWARD) and initial-pair rule (random initial pairs) their committed results were
-measured with, so changes of the classic-control defaults do not move them; the same for Atari and MuJoCo."""
+reward inputs, fit and offset (MEASURED_REWARD) and initial-pair rule (random initial pairs) their committed
+results were measured with, so changes of the classic-control defaults do not move them; the same for Atari and
+MuJoCo."""
 
 
 def mujoco_clip_length(env_id: str, max_episode_steps: Optional[int] = None) -> int:

@@ -1,9 +1,13 @@
 """The benchmark script's plumbing on a tiny budget (the real numbers come from running it by hand)."""
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_tiny_bench_writes_csv_and_markdown(tmp_path):
@@ -52,8 +56,6 @@ def test_combine_merges_seeds_of_several_invocations(tmp_path):
 
 
 def test_combine_refuses_a_run_given_twice(tmp_path, capsys):
-    import pytest
-
     from prefrl.bench import main
 
     a = tmp_path / "a.csv"
@@ -69,8 +71,6 @@ def test_combine_takes_a_finished_run_folder(tmp_path):
     a folder that has not finished is refused with the command that finishes it."""
     import json
     import shutil
-
-    import pytest
 
     from prefrl.bench import TASK_COLUMNS, main
     from test_bad_inputs import make_source_run
@@ -125,11 +125,6 @@ def test_pendulum_summary_counts_seeds_under_the_bar_and_states_each_target():
 
 
 def test_imitation_reference_script_says_how_to_get_imitation_when_it_is_missing(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    import pytest
-
     if importlib.util.find_spec("imitation") is not None:
         pytest.skip("imitation is installed here")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "imitation_pendulum.py"
