@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -26,16 +27,32 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 
-def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict]:
-    """Summary lines for the run's policy, and its steps (obs, acts, velocity, healthy, true reward)."""
+def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Callable[[dict], np.ndarray]]]:
+    """Summary lines for the run's policy, its steps (obs, acts, velocity, healthy, true reward), and its final
+    reward model as steps -> per-step prediction (None for a PPO-true run)."""
+    import torch
+
     from prefrl.envs import make_env
     from prefrl.evaluate import EVAL_SEED, checkpoint_policy
+    from prefrl.loop import ensemble_file
+    from prefrl.reward.model import make_ensemble
 
     policy, cfg = checkpoint_policy(run_dir)
     env = make_env(cfg.env)
     sim = env.unwrapped
     if not hasattr(sim, "is_healthy"):
-        raise SystemExit(f"hopper_survival: {run_dir} is a {cfg.env.env} run; pass Hopper (or Walker2d) run folders")
+        env.close()
+        raise SystemExit(f"hopper_survival: {run_dir} is a {cfg.env.env} run; pass Hopper run folders")
+    model = None
+    if cfg.reward_source != "true":
+        ens = make_ensemble(env.observation_space, env.action_space, cfg.reward)
+        ens.load_state_dict(torch.load(ensemble_file(run_dir), weights_only=True))
+        use_actions = cfg.reward.use_actions
+
+        def model(st: dict) -> np.ndarray:
+            acts = np.asarray(st["acts"], dtype=np.float32) if use_actions else None
+            return ens.predict(np.asarray(st["obs"], dtype=np.float32), acts, with_std=False)[0]
+
     steps: dict = {k: [] for k in ("obs", "acts", "vx", "healthy", "rew")}
     lines = []
     try:
@@ -62,33 +79,13 @@ def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict]:
                          f"{np.mean(np.array(heights) < 0.7):.0%}, mean torso angle {np.mean(angles):+.2f} rad")
     finally:
         env.close()
-    return lines, steps
+    return lines, steps, model
 
 
-def bonus_weight(run_dir: Path, steps: dict) -> str:
-    """The run's final reward model regressed on (velocity, healthy) over `steps`."""
-    import torch
-
-    from prefrl.envs import make_env
-    from prefrl.evaluate import checkpoint_policy
-    from prefrl.loop import ensemble_file
-    from prefrl.reward.model import make_ensemble
-
-    _, cfg = checkpoint_policy(run_dir)
-    if cfg.reward_source == "true":
-        return f"{run_dir.name}: PPO on the true reward, no reward model"
-    env = make_env(cfg.env)
-    ens = make_ensemble(env.observation_space, env.action_space, cfg.reward)
-    env.close()
-    ens.load_state_dict(torch.load(ensemble_file(run_dir), weights_only=True))
-    obs = np.asarray(steps["obs"], dtype=np.float32)
-    acts = np.asarray(steps["acts"], dtype=np.float32) if cfg.reward.use_actions else None
-    pred, _ = ens.predict(obs, acts, with_std=False)
-    design = np.stack([steps["vx"], steps["healthy"], np.ones(len(pred))], axis=1)
-    a, b, _ = np.linalg.lstsq(design, pred, rcond=None)[0]
-    corr = np.corrcoef(pred, steps["rew"])[0, 1]
-    return (f"{run_dir.name}: learned reward = {a:.3f} * velocity + {b:.3f} * healthy + c; bonus / velocity "
-            f"weight {b / a:.2f} (true reward: 1.00); correlation with the true reward {corr:.3f}")
+def fit_terms(steps: dict, y: np.ndarray) -> np.ndarray:
+    """Least-squares (a, b, c) of y = a * velocity + b * healthy + c over `steps`."""
+    design = np.stack([steps["vx"], steps["healthy"], np.ones(len(y))], axis=1)
+    return np.linalg.lstsq(design, y, rcond=None)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,20 +99,27 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     pooled: dict = {}
+    models = {}
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise SystemExit(f"hopper_survival: no run folder {run_dir}; pass finished Hopper run folders")
-        lines, steps = rollouts(run_dir, args.episodes)
+        lines, steps, models[run_dir.name] = rollouts(run_dir, args.episodes)
         print(run_dir.name, *lines, sep="\n")
         for k, v in steps.items():
             pooled.setdefault(k, []).extend(v)
     fit = {k: np.asarray(v) for k, v in pooled.items()}
-    true_fit = np.linalg.lstsq(np.stack([fit["vx"], fit["healthy"], np.ones(len(fit["vx"]))], 1), fit["rew"],
-                               rcond=None)[0]
+    a, b, c = fit_terms(fit, fit["rew"])
     print(f"\nover {len(fit['vx'])} steps of all the policies (healthy on {fit['healthy'].mean():.0%}); the true "
-          f"reward fits as {true_fit[0]:.3f} * velocity + {true_fit[1]:.3f} * healthy + {true_fit[2]:.3f}")
-    for run_dir in args.run_dirs:
-        print(bonus_weight(run_dir, pooled))
+          f"reward fits as {a:.3f} * velocity + {b:.3f} * healthy + {c:.3f}")
+    for name, model in models.items():
+        if model is None:
+            print(f"{name}: PPO on the true reward, no reward model")
+            continue
+        pred = model(fit)
+        a, b, _ = fit_terms(fit, pred)
+        corr = np.corrcoef(pred, fit["rew"])[0, 1]
+        print(f"{name}: learned reward = {a:.3f} * velocity + {b:.3f} * healthy + c; bonus / velocity weight "
+              f"{b / a:.2f} (true reward: 1.00); correlation with the true reward {corr:.3f}")
     return 0
 
 
