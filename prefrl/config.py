@@ -59,6 +59,11 @@ class EnvConfig:
     terminate_when_unhealthy: bool = True
     """MuJoCo (Hopper, Walker2d, Ant, Humanoid): False lets a fallen robot carry on, without its survive
     bonus, to the time limit: termination becomes a penalty the agent must learn (paper A.1)."""
+    fallen_reward: Literal["kept", "zero"] = "kept"
+    """MuJoCo with --no-terminate-when-unhealthy: what a fallen (unhealthy) robot earns. kept pays its
+    step reward without the survive bonus, so forward progress on the ground still pays; zero pays
+    nothing until it is healthy again, so a fall costs every later step's reward, as termination does
+    (the paper does not size its penalty)."""
     hidden_reward_terms: tuple[str, ...] = ()
     """Info terms a person cannot see, taken out of the true reward (what the oracle labels, PPO-true trains
     on and evaluation scores), e.g. reward_ctrl: MuJoCo's torque cost (paper A.1; MuJoCo preset)."""
@@ -351,6 +356,8 @@ class TrainConfig:
              "--arch cnn sees observations only (the paper's Atari predictor); add --no-use-actions"),
             (not (e.continuous_episode and e.fixed_horizon),
              "--continuous-episode replaces --fixed-horizon (both hide episode ends); add --no-fixed-horizon"),
+            (e.fallen_reward == "kept" or not e.terminate_when_unhealthy,
+             "--fallen-reward zero applies to a robot that carries on after a fall; add --no-terminate-when-unhealthy"),
             (e.frame_stack >= 1, f"--frame-stack must be >= 1 (got {e.frame_stack})"),
             (0.0 <= e.sticky_actions <= 1.0, f"--sticky-actions must be in [0, 1] (got {e.sticky_actions})"),
             (not (self.ppo.policy == "CnnPolicy" and e.normalize_obs),

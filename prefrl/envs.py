@@ -231,6 +231,23 @@ class HideRewardTerms(gym.Wrapper):
         return obs, float(rew) - sum(float(info[t]) for t in self.terms), terminated, truncated, info
 
 
+class ZeroWhileUnhealthy(gym.Wrapper):
+    """Reward 0 on every step a MuJoCo robot is unhealthy (fallen): with termination turned off this makes a fall
+    cost what termination would, every later step's reward, instead of only the survive bonus."""
+
+    def __init__(self, env: gym.Env, env_id: str):
+        super().__init__(env)
+        if not hasattr(env.unwrapped, "is_healthy"):
+            raise EnvError(f"{env_id} has no healthy state (is_healthy), so a fall is undefined; "
+                           "drop --fallen-reward zero")
+
+    def step(self, action):
+        obs, rew, terminated, truncated, info = self.env.step(action)
+        healthy = bool(self.env.unwrapped.is_healthy)
+        info["healthy"] = healthy
+        return obs, float(rew) if healthy else 0.0, terminated, truncated, info
+
+
 class PhysicsState(gym.Wrapper):
     """info["physics_state"] = (qpos, qvel) of a MuJoCo env after reset and every step, so that a clip can be
     rendered later, from its states, when it is chosen for labelling (MujocoStateRenderer)."""
@@ -364,6 +381,8 @@ def make_env(cfg: EnvConfig, render: bool = False) -> gym.Env:
     check_spaces(cfg.env, env.observation_space, env.action_space)
     if cfg.hidden_reward_terms:
         env = HideRewardTerms(env, tuple(cfg.hidden_reward_terms), cfg.env)
+    if cfg.fallen_reward == "zero":
+        env = ZeroWhileUnhealthy(env, cfg.env)
     if cfg.fixed_horizon:
         limit = episode_limit(cfg)
         if limit is None:

@@ -61,6 +61,32 @@ def test_a_fall_is_a_penalty_not_an_episode_end():
     assert steps == 1000 and survive[0] == 1.0 and survive[-1] == 0.0  # fallen: no survive bonus, still going
 
 
+def test_fallen_reward_zero_pays_nothing_while_down():
+    cfgs = [EnvConfig(env="Hopper-v5", terminate_when_unhealthy=False, hidden_reward_terms=("reward_ctrl",),
+                      fallen_reward=kind) for kind in ("kept", "zero")]
+    runs = []
+    for cfg in cfgs:
+        env = make_env(cfg)
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        runs.append([env.step(env.action_space.sample()) for _ in range(200)])
+    kept, zero = ([step[1] for step in run] for run in runs)
+    healthy = [step[4]["healthy"] for step in runs[1]]
+    assert healthy[0] and not healthy[-1]  # the random policy falls within 200 steps
+    for k, z, h in zip(kept, zero, healthy):
+        assert z == (pytest.approx(k) if h else 0.0)
+    assert any(k != 0.0 for k, h in zip(kept, healthy) if not h)  # `kept` still pays a fallen robot's motion
+
+
+def test_fallen_reward_zero_needs_a_robot_that_can_fall():
+    with pytest.raises(EnvError, match="no healthy state.*drop --fallen-reward zero"):
+        make_env(EnvConfig(env="HalfCheetah-v5", fallen_reward="zero"))
+    r = subprocess.run([sys.executable, "-m", "prefrl", "train", "--env", "Hopper-v5", "--fallen-reward", "zero",
+                        "--terminate-when-unhealthy", "--total-timesteps", "10"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode != 0 and "add --no-terminate-when-unhealthy" in r.stderr
+
+
 def test_mujoco_gl_defaults_to_egl():
     code = "import os; import prefrl.envs; print(os.environ['MUJOCO_GL'])"
     env = {k: v for k, v in ENV.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
