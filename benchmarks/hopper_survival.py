@@ -7,7 +7,9 @@ nothing is trained. For each run's final policy, deterministic episodes (reset s
 return, forward speed, steps healthy (the bonus is paid) and torso angle. Then every run with a reward model is
 fitted, by least squares over the steps of all the episodes above, as a * velocity + b * healthy + c: the preset's
 true reward (torque cost hidden) is exactly velocity + 1 * healthy, so b / a = 1 for a model that weights the
-bonus as the oracle's answers do. The twelfth session's Hopper diagnosis (results/bench/README.md) came from this.
+bonus as the oracle's answers do. Runs with --fallen-reward zero (paid nothing while fallen) are fitted on the
+velocity paid, velocity * healthy, instead, so their true reward fits exactly too; one call takes runs of one kind.
+The twelfth session's Hopper diagnosis (results/bench/README.md) came from this.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 
-def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Callable[[dict], np.ndarray]]]:
-    """Summary lines for the run's policy, its steps (obs, acts, velocity, healthy, true reward), and its final
-    reward model as steps -> per-step prediction (None for a PPO-true run)."""
+def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Callable[[dict], np.ndarray]], str]:
+    """Summary lines for the run's policy, its steps (obs, acts, velocity, velocity paid, healthy, true reward),
+    its final reward model as steps -> per-step prediction (None for a PPO-true run) and its --fallen-reward."""
     import torch
 
     from prefrl.envs import make_env
@@ -53,7 +55,8 @@ def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Ca
             acts = np.asarray(st["acts"], dtype=np.float32) if use_actions else None
             return ens.predict(np.asarray(st["obs"], dtype=np.float32), acts, with_std=False)[0]
 
-    steps: dict = {k: [] for k in ("obs", "acts", "vx", "healthy", "rew")}
+    steps: dict = {k: [] for k in ("obs", "acts", "vx", "paid", "healthy", "rew")}
+    zero = cfg.env.fallen_reward == "zero"
     lines = []
     try:
         for ep in range(episodes):
@@ -68,6 +71,7 @@ def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Ca
                 obs, rew, terminated, truncated, _ = env.step(act)
                 steps["vx"].append((float(sim.data.qpos[0]) - x0) / sim.dt)
                 steps["healthy"].append(float(sim.is_healthy))
+                steps["paid"].append(steps["vx"][-1] * steps["healthy"][-1] if zero else steps["vx"][-1])
                 steps["rew"].append(float(rew))
                 angles.append(float(sim.data.qpos[2]))
                 heights.append(float(sim.data.qpos[1]))
@@ -79,12 +83,12 @@ def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Ca
                          f"{np.mean(np.array(heights) < 0.7):.0%}, mean torso angle {np.mean(angles):+.2f} rad")
     finally:
         env.close()
-    return lines, steps, model
+    return lines, steps, model, cfg.env.fallen_reward
 
 
 def fit_terms(steps: dict, y: np.ndarray) -> np.ndarray:
-    """Least-squares (a, b, c) of y = a * velocity + b * healthy + c over `steps`."""
-    design = np.stack([steps["vx"], steps["healthy"], np.ones(len(y))], axis=1)
+    """Least-squares (a, b, c) of y = a * velocity paid + b * healthy + c over `steps`."""
+    design = np.stack([steps["paid"], steps["healthy"], np.ones(len(y))], axis=1)
     return np.linalg.lstsq(design, y, rcond=None)[0]
 
 
@@ -100,17 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     pooled: dict = {}
     models = {}
+    kinds = set()
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise SystemExit(f"hopper_survival: no run folder {run_dir}; pass finished Hopper run folders")
-        lines, steps, models[run_dir.name] = rollouts(run_dir, args.episodes)
+        lines, steps, models[run_dir.name], kind = rollouts(run_dir, args.episodes)
+        kinds.add(kind)
+        if len(kinds) > 1:
+            raise SystemExit("hopper_survival: runs with --fallen-reward kept and zero have different true rewards; "
+                             "pass runs of one kind per call")
         print(run_dir.name, *lines, sep="\n")
         for k, v in steps.items():
             pooled.setdefault(k, []).extend(v)
     fit = {k: np.asarray(v) for k, v in pooled.items()}
     a, b, c = fit_terms(fit, fit["rew"])
     print(f"\nover {len(fit['vx'])} steps of all the policies (healthy on {fit['healthy'].mean():.0%}); the true "
-          f"reward fits as {a:.3f} * velocity + {b:.3f} * healthy + {c:.3f}")
+          f"reward fits as {a:.3f} * velocity{' paid while healthy' if 'zero' in kinds else ''} + {b:.3f} * healthy "
+          f"+ {c:.3f}")
     for name, model in models.items():
         if model is None:
             print(f"{name}: PPO on the true reward, no reward model")
