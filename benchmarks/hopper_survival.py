@@ -30,8 +30,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 
 def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Callable[[dict], np.ndarray]], str]:
-    """Summary lines for the run's policy, its steps (obs, acts, velocity, velocity paid, healthy, true reward),
-    its final reward model as steps -> per-step prediction (None for a PPO-true run) and its --fallen-reward."""
+    """Summary lines for the run's policy, its steps (obs, acts, velocity, healthy, true reward), its final
+    reward model as steps -> per-step prediction (None for a PPO-true run) and its --fallen-reward."""
     import torch
 
     from prefrl.envs import make_env
@@ -55,8 +55,7 @@ def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Ca
             acts = np.asarray(st["acts"], dtype=np.float32) if use_actions else None
             return ens.predict(np.asarray(st["obs"], dtype=np.float32), acts, with_std=False)[0]
 
-    steps: dict = {k: [] for k in ("obs", "acts", "vx", "paid", "healthy", "rew")}
-    zero = cfg.env.fallen_reward == "zero"
+    steps: dict = {k: [] for k in ("obs", "acts", "vx", "healthy", "rew")}
     lines = []
     try:
         for ep in range(episodes):
@@ -65,13 +64,11 @@ def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Ca
             done = False
             while not done:
                 act = policy(obs)
-                x0 = float(sim.data.qpos[0])
                 steps["obs"].append(obs)
                 steps["acts"].append(act)
-                obs, rew, terminated, truncated, _ = env.step(act)
-                steps["vx"].append((float(sim.data.qpos[0]) - x0) / sim.dt)
+                obs, rew, terminated, truncated, info = env.step(act)
+                steps["vx"].append(float(info["x_velocity"]))
                 steps["healthy"].append(float(sim.is_healthy))
-                steps["paid"].append(steps["vx"][-1] * steps["healthy"][-1] if zero else steps["vx"][-1])
                 steps["rew"].append(float(rew))
                 angles.append(float(sim.data.qpos[2]))
                 heights.append(float(sim.data.qpos[1]))
@@ -86,9 +83,11 @@ def rollouts(run_dir: Path, episodes: int) -> tuple[list[str], dict, Optional[Ca
     return lines, steps, model, cfg.env.fallen_reward
 
 
-def fit_terms(steps: dict, y: np.ndarray) -> np.ndarray:
-    """Least-squares (a, b, c) of y = a * velocity paid + b * healthy + c over `steps`."""
-    design = np.stack([steps["paid"], steps["healthy"], np.ones(len(y))], axis=1)
+def fit_terms(steps: dict, y: np.ndarray, zero: bool) -> np.ndarray:
+    """Least-squares (a, b, c) of y = a * velocity paid + b * healthy + c over `steps`; the velocity is paid
+    only while healthy under --fallen-reward zero, always otherwise."""
+    paid = steps["vx"] * steps["healthy"] if zero else steps["vx"]
+    design = np.stack([paid, steps["healthy"], np.ones(len(y))], axis=1)
     return np.linalg.lstsq(design, y, rcond=None)[0]
 
 
@@ -117,18 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in steps.items():
             pooled.setdefault(k, []).extend(v)
     fit = {k: np.asarray(v) for k, v in pooled.items()}
-    a, b, c = fit_terms(fit, fit["rew"])
+    zero = "zero" in kinds
+    velocity = "velocity paid while healthy" if zero else "velocity"
+    a, b, c = fit_terms(fit, fit["rew"], zero)
     print(f"\nover {len(fit['vx'])} steps of all the policies (healthy on {fit['healthy'].mean():.0%}); the true "
-          f"reward fits as {a:.3f} * velocity{' paid while healthy' if 'zero' in kinds else ''} + {b:.3f} * healthy "
-          f"+ {c:.3f}")
+          f"reward fits as {a:.3f} * {velocity} + {b:.3f} * healthy + {c:.3f}")
     for name, model in models.items():
         if model is None:
             print(f"{name}: PPO on the true reward, no reward model")
             continue
         pred = model(fit)
-        a, b, _ = fit_terms(fit, pred)
+        a, b, _ = fit_terms(fit, pred, zero)
         corr = np.corrcoef(pred, fit["rew"])[0, 1]
-        print(f"{name}: learned reward = {a:.3f} * velocity + {b:.3f} * healthy + c; bonus / velocity weight "
+        print(f"{name}: learned reward = {a:.3f} * {velocity} + {b:.3f} * healthy + c; bonus / velocity weight "
               f"{b / a:.2f} (true reward: 1.00); correlation with the true reward {corr:.3f}")
     return 0
 
