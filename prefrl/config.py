@@ -182,6 +182,10 @@ class RewardConfig:
     the members disagree (optimism, as RUNE does in PEBBLE, here constant), < 0 a penalty (pessimism); 0 the mean
     alone. On Pendulum with 50 labels, seeds 0-9: +1 failed 5 of 10 seeds (two worse than random), -1 failed 4,
     0 (then the default) 5 on the same machine (results/bench/README.md)."""
+    crop_fraction: float = 0.0
+    """Temporal cropping (SURF, Park et al. 2022): in training, each pair's clips are compared over windows of one
+    random length between (1 - this) and all of the clip, placed independently in each clip, so one label
+    teaches about shifted parts of its clips. 0 compares whole clips (the paper)."""
     label_buffer: Optional[int] = None
     """Train on only the newest this many labels (None: all)."""
     objective: Literal["preference", "target"] = "preference"
@@ -351,6 +355,9 @@ class TrainConfig:
             (rm.batch_size >= 1, f"--batch-size must be >= 1 (got {rm.batch_size})"),
             (rm.epochs >= 1 and rm.pretrain_epochs >= 1, "--epochs and --pretrain-epochs must be >= 1"),
             (rm.refit_growth >= 0, f"--refit-growth must be >= 0 (got {rm.refit_growth})"),
+            (0.0 <= rm.crop_fraction < 1.0, f"--crop-fraction must be in [0, 1) (got {rm.crop_fraction})"),
+            (rm.crop_fraction == 0 or rm.objective == "preference",
+             "--crop-fraction applies to the preference objective (a cropped clip has no known true return); drop it"),
             (rm.output_std > 0, f"--output-std must be > 0 (got {rm.output_std})"),
             (not (rm.arch == "cnn" and rm.use_actions),
              "--arch cnn sees observations only (the paper's Atari predictor); add --no-use-actions"),

@@ -20,6 +20,8 @@ def test_json_round_trip():
     (dict(reward=RewardConfig(l2=math.nan)), "finite"),
     (dict(reward=RewardConfig(output_mean=math.inf)), "--output-mean must be a finite number"),
     (dict(total_timesteps=10**12), "absurd"),
+    (dict(reward=RewardConfig(crop_fraction=1.0)), r"--crop-fraction must be in \[0, 1\)"),
+    (dict(reward=RewardConfig(crop_fraction=0.2, objective="target")), "applies to the preference objective"),
     (dict(env=EnvConfig(reward_transform="symlog")), "--reward-transform only applies with --reward-source true"),
     (dict(env=EnvConfig(reward_transform="cube"), reward_source="true"), "unknown --reward-transform 'cube'"),
     (dict(env=EnvConfig(reward_transform="affine:1"), reward_source="true"), "is not affine:A,B"),

@@ -325,3 +325,37 @@ def test_mean_only_predict_and_cached_version_follow_fits_and_loads() -> None:
     np.testing.assert_array_equal(fresh.predict(obs, acts, with_std=False)[0], after)  # and the output scale
     fresh.load_state_dict(roundtrip(RewardEnsemble(OBS, BOX, RewardConfig(use_actions=True)).state_dict()))
     assert not fresh.fitted
+
+
+# --- temporal cropping ----------------------------------------------------------------
+
+
+def test_crop_windows_share_a_length_and_stay_inside_the_clips() -> None:
+    _, trainer = make(RewardConfig(use_actions=True, crop_fraction=0.4))
+    t = 20
+    # step k pays 1000 + k, so a window of length L from step s sums to 1000 L + L s + L (L - 1) / 2 (< 1000 L + 590)
+    got = trainer._train_returns(1000 + torch.arange(t, dtype=torch.float64).expand(3, 64, 2, t))
+    length = torch.div(got, 1000, rounding_mode="floor")
+    start = (got - 1000 * length - length * (length - 1) / 2) / length
+    assert (length[..., 0] == length[..., 1]).all()  # one length per pair and member
+    assert length.min() >= math.ceil(0.6 * t) and length.max() <= t and len(torch.unique(length)) > 3
+    assert torch.allclose(start, start.round()) and start.min() >= 0 and (start + length).max() <= t
+    assert (start[..., 0] != start[..., 1]).any()  # the two clips' windows are placed independently
+
+
+def test_no_crop_sums_whole_clips_and_leaves_fits_unchanged() -> None:
+    r = torch.randn(3, 8, 2, 10)
+    _, trainer = make()
+    torch.testing.assert_close(trainer._train_returns(r), r.sum(-1))
+    data = oracle_data(60)
+    a = make(RewardConfig(use_actions=True))[1].fit(data, epochs=5)
+    b = make(RewardConfig(use_actions=True, crop_fraction=0.0))[1].fit(data, epochs=5)
+    assert a == b
+
+
+def test_cropped_fit_still_learns_a_known_reward() -> None:
+    ens, trainer = make(RewardConfig(use_actions=True, crop_fraction=0.3))
+    stats = trainer.fit(oracle_data(400), epochs=60)
+    assert stats.val_acc > 0.85, stats
+    obs, acts = random_steps(np.random.default_rng(123), (2000,), False)
+    assert np.corrcoef(ens.predict(obs, acts)[0], true_reward(obs, acts, False))[0, 1] > 0.9

@@ -178,7 +178,7 @@ class RewardTrainer:
                 ids = epoch_ids[:, start:start + bs]  # (M, b)
                 b = ids.shape[1]
                 r = ens.raw_rewards(x[ids].reshape(m, b * 2 * t_len, n_feat), self.gen)
-                ret = r.reshape(m, b, 2, t_len).sum(-1)
+                ret = self._train_returns(r.reshape(m, b, 2, t_len))
                 nll = self._loss(ret, target[ids], None if true is None else true[ids]).mean(1)  # (M,)
                 sq = sum(w.pow(2).sum((1, 2)) for w in ens.weights)  # (M,)
                 loss = (nll + self.l2 * sq).sum()
@@ -207,6 +207,25 @@ class RewardTrainer:
             val_acc=_accuracy(_masked_mean(diff, val, dim=0), target),
             l2=float(self.l2.mean()),
         )
+
+    def _train_returns(self, r: Tensor) -> Tensor:
+        """Per-step rewards (M, b, 2, T) -> the clip returns a training step compares (M, b, 2).
+
+        With cfg.crop_fraction > 0 (SURF's temporal cropping, Park et al. 2022) each member sums each pair over
+        windows of one random length in [ceil((1 - f) T), T], placed independently in the two clips: the same
+        label then constrains shifted windows of its clips, an augmentation for small label sets. Losses and
+        accuracies reported after the fit use whole clips."""
+        f = self.cfg.crop_fraction
+        t_len = r.shape[-1]
+        shortest = max(1, math.ceil((1 - f) * t_len))
+        if f <= 0 or shortest >= t_len:
+            return r.sum(-1)
+        m, b = r.shape[:2]
+        length = self.rng.integers(shortest, t_len + 1, size=(m, b, 1))
+        start = self.rng.integers(0, t_len - length + 1, size=(m, b, 2))
+        t = np.arange(t_len)
+        window = (t >= start[..., None]) & (t < (start + length)[..., None])  # (M, b, 2, T)
+        return (r * torch.from_numpy(window).to(r.dtype)).sum(-1)
 
     def _resamples(self, label_ids: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
         """Each member's training draws (M, L) label positions, how often each label is among them (M, N), and
