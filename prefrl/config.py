@@ -230,6 +230,13 @@ class FeedbackConfig:
     fit (members differ by their random initial weights, so they disagree most on clips far apart in state),
     instead of at random. Random initial pairs on Pendulum mostly compare two clips of a hanging pendulum,
     and a dozen such labels gave models that liked the wrong states (results/bench/README.md)."""
+    disagreement_scale: Literal["normalised", "trained"] = "normalised"
+    """The member returns whose P(left) = sigmoid(R_left - R_right) the disagreement sampler compares: `normalised`,
+    the output PPO sees (std --output-std a step); `trained`, each member's raw output, the scale its Bradley-Terry
+    fit calibrated. On Pendulum's 25-step clips normalised clip returns spread wider than trained ones (sd ~13
+    against 3-11, two runs' final members), so most members' P(left) is 0 or 1 and the sampler picks at random
+    among pairs whose winner the members dispute. `trained` keeps the choice graded, but did not lower the
+    50-label failure rate on Pendulum seeds 50-69 (results/bench/README.md, fourteenth session)."""
     candidate_factor: int = 10
     """The disagreement sampler scores this many times more random pairs than it keeps."""
     clip_pool: int = 2000

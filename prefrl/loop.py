@@ -151,7 +151,9 @@ class Trainer:
                 import_labels(cfg.labels, self.store, run_dir, venv.observation_space.shape)
             self.reward_trainer = RewardTrainer(self.ensemble, cfg.reward, seed=cfg.seed)
             self.teacher = make_teacher(cfg.feedback, seed=cfg.seed)
-            self.sampler = make_sampler(cfg.feedback.sampler, self.ensemble.clip_returns,
+            normalised = cfg.feedback.disagreement_scale == "normalised"
+            self.sampler = make_sampler(cfg.feedback.sampler,
+                                        lambda obs, acts: self.ensemble.clip_returns(obs, acts, normalised=normalised),
                                         cfg.feedback.candidate_factor, ready=self._disagreement_ready)
             if cfg.labels or cfg.reward_model:  # a fixed label set (or none): the schedule asks for nothing
                 n = self.store.count_pairs()

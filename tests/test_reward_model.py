@@ -359,3 +359,32 @@ def test_cropped_fit_still_learns_a_known_reward() -> None:
     assert stats.val_acc > 0.85, stats
     obs, acts = random_steps(np.random.default_rng(123), (2000,), False)
     assert np.corrcoef(ens.predict(obs, acts)[0], true_reward(obs, acts, False))[0, 1] > 0.9
+
+
+# --- the scale the pair sampler sees ---------------------------------------------------------
+
+
+def test_trained_clip_returns_are_the_raw_sums_and_keep_disagreement_graded() -> None:
+    """Normalised returns are raw ones shifted and scaled per member. Where the output std spreads clip returns
+    wider than the fit's own scale (Pendulum's 25-step clips at std 1: ~3x), P(left) saturates and the members'
+    variance over a pair takes few values; the trained scale keeps it graded."""
+    from prefrl.sampling import DisagreementSampler
+    from prefrl.clips import Clip
+
+    ens, trainer = make(RewardConfig(use_actions=True, output_std=4.0))
+    data = oracle_data(60, t=25)
+    trainer.fit(data, epochs=30)
+    raw = ens.clip_returns(data.obs_left, data.acts_left, normalised=False)
+    norm = ens.clip_returns(data.obs_left, data.acts_left)
+    scale = (4.0 / ens.out_std).numpy()  # (M, 1)
+    np.testing.assert_allclose(norm, (raw - 25 * ens.out_mean.numpy()) * scale, rtol=1e-4, atol=1e-3)
+
+    clips = [Clip(f"c{i}", 0, data.obs_left[i], data.acts_left[i], np.zeros(25, np.float32)) for i in range(60)]
+    variances = {}
+    for normalised in (True, False):
+        sampler = DisagreementSampler(lambda o, a: ens.clip_returns(o, a, normalised=normalised), factor=10)
+        chosen = sampler.select(clips, 200, np.random.default_rng(0))
+        variances[normalised] = np.array([c.disagreement for c in chosen])
+    assert np.ptp(norm, axis=1).mean() > 2 * np.ptp(raw, axis=1).mean()
+    saturated = lambda v: np.mean(np.isclose(v, 0, atol=1e-3) | np.isclose(v, 2 / 9, atol=1e-3))
+    assert saturated(variances[True]) > saturated(variances[False]) + 0.2, variances

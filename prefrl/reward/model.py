@@ -234,12 +234,13 @@ class RewardEnsemble(_FitCount, nn.Module):
         return v
 
     @torch.no_grad()
-    def clip_returns(self, obs: np.ndarray, acts: Optional[np.ndarray]) -> np.ndarray:
-        """obs (N, T, *obs_shape), acts (N, T, ...) -> (M, N) float32: each member's normalised reward summed
-        over each clip, for the disagreement pair sampler."""
+    def clip_returns(self, obs: np.ndarray, acts: Optional[np.ndarray], normalised: bool = True) -> np.ndarray:
+        """obs (N, T, *obs_shape), acts (N, T, ...) -> (M, N) float32: each member's reward summed over each clip,
+        normalised (what PPO sees) or raw (the scale the Bradley-Terry fit calibrated), for the pair sampler."""
         x = self.features(obs, acts)
         n, t = x.shape[0], x.shape[1]
-        r = self._normalise(self._forward(x.reshape(n * t, self.n_features), drop=False))
+        r = self._forward(x.reshape(n * t, self.n_features), drop=False)
+        r = self._normalise(r) if normalised else r
         return r.reshape(self.n_members, n, t).sum(-1).numpy()
 
 
@@ -374,10 +375,11 @@ class CnnRewardEnsemble(_FitCount, nn.Module):
         return r.mean(0).numpy(), r.std(0, correction=0).numpy() if with_std else None
 
     @torch.no_grad()
-    def clip_returns(self, obs: np.ndarray, acts: Optional[np.ndarray] = None) -> np.ndarray:
-        """obs (N, T, C, H, W) -> (M, N) float32: each member's normalised reward summed over each clip."""
+    def clip_returns(self, obs: np.ndarray, acts: Optional[np.ndarray] = None, normalised: bool = True) -> np.ndarray:
+        """obs (N, T, C, H, W) -> (M, N) float32: each member's reward summed over each clip, normalised or raw."""
         n, t = obs.shape[0], obs.shape[1]
-        r = self._normalise(self._forward(self.features(obs).reshape(n * t, self.n_features), training=False))
+        r = self._forward(self.features(obs).reshape(n * t, self.n_features), training=False)
+        r = self._normalise(r) if normalised else r
         return r.reshape(self.n_members, n, t).sum(-1).numpy()
 
 
