@@ -27,6 +27,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
@@ -151,10 +152,9 @@ class Trainer:
                 import_labels(cfg.labels, self.store, run_dir, venv.observation_space.shape)
             self.reward_trainer = RewardTrainer(self.ensemble, cfg.reward, seed=cfg.seed)
             self.teacher = make_teacher(cfg.feedback, seed=cfg.seed)
-            normalised = cfg.feedback.disagreement_scale == "normalised"
-            self.sampler = make_sampler(cfg.feedback.sampler,
-                                        lambda obs, acts: self.ensemble.clip_returns(obs, acts, normalised=normalised),
-                                        cfg.feedback.candidate_factor, ready=self._disagreement_ready)
+            scorer = partial(self.ensemble.clip_returns, normalised=cfg.feedback.disagreement_scale == "normalised")
+            self.sampler = make_sampler(cfg.feedback.sampler, scorer, cfg.feedback.candidate_factor,
+                                        ready=self._disagreement_ready)
             if cfg.labels or cfg.reward_model:  # a fixed label set (or none): the schedule asks for nothing
                 n = self.store.count_pairs()
                 self.schedule = LabelSchedule(n, n, 1.0, 1)

@@ -215,10 +215,9 @@ class RewardTrainer:
         windows of one random length in [ceil((1 - f) T), T], placed independently in the two clips: the same
         label then constrains shifted windows of its clips, an augmentation for small label sets. Losses and
         accuracies reported after the fit use whole clips."""
-        f = self.cfg.crop_fraction
         t_len = r.shape[-1]
-        shortest = max(1, math.ceil((1 - f) * t_len))
-        if f <= 0 or shortest >= t_len:
+        shortest = math.ceil((1 - self.cfg.crop_fraction) * t_len)  # >= 1: validate() keeps the fraction below 1
+        if shortest >= t_len:  # no cropping (fraction 0), or clips too short to crop by it
             return r.sum(-1)
         m, b = r.shape[:2]
         length = self.rng.integers(shortest, t_len + 1, size=(m, b, 1))
