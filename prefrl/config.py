@@ -233,8 +233,8 @@ class FeedbackConfig:
     disagreement_scale: Literal["normalised", "trained"] = "normalised"
     """The member returns whose P(left) = sigmoid(R_left - R_right) the disagreement sampler compares: `normalised`,
     the output PPO sees (std --output-std a step); `trained`, each member's raw output, the scale its Bradley-Terry
-    fit calibrated. On Pendulum's 25-step clips normalised clip returns spread wider than trained ones (sd ~13
-    against 3-11, two runs' final members), so most members' P(left) is 0 or 1 and the sampler picks at random
+    fit calibrated. On Pendulum's 25-step clips normalised clip returns spread wider than trained ones (sd 12.5-13.4
+    against 2.5-11.3, two runs' final members), so most members' P(left) is 0 or 1 and the sampler picks at random
     among pairs whose winner the members dispute. `trained` keeps the choice graded, but did not lower the
     50-label failure rate on Pendulum seeds 50-69 (results/bench/README.md, fourteenth session)."""
     candidate_factor: int = 10
