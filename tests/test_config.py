@@ -21,7 +21,7 @@ def test_json_round_trip():
     (dict(reward=RewardConfig(output_mean=math.inf)), "--output-mean must be a finite number"),
     (dict(total_timesteps=10**12), "absurd"),
     (dict(reward=RewardConfig(crop_fraction=1.0)), r"--crop-fraction must be in \[0, 1\)"),
-    (dict(reward=RewardConfig(crop_fraction=0.2, objective="target")), "applies to the preference objective"),
+    (dict(reward=RewardConfig(crop_fraction=0.2, objective="target")), "applies to the preference objective.*set --crop-fraction 0"),
     (dict(env=EnvConfig(reward_transform="symlog")), "--reward-transform only applies with --reward-source true"),
     (dict(env=EnvConfig(reward_transform="cube"), reward_source="true"), "unknown --reward-transform 'cube'"),
     (dict(env=EnvConfig(reward_transform="affine:1"), reward_source="true"), "is not affine:A,B"),
@@ -48,13 +48,35 @@ def test_unknown_setting_refused():
 @pytest.mark.parametrize("env_id", ["ALE/Pong-v5", "Hopper-v5", "prefrl/MiniPong-v0", "prefrl/LavaLedge-v0"])
 def test_presets_keep_the_reward_settings_their_results_were_measured_with(env_id):
     """Classic-control defaults moved (refit epochs 10 -> 6, per_member validation, a -1.5 offset); the presets
-    must not."""
+    must not, except MuJoCo's measured move to per_member validation with cropping."""
     from prefrl.presets import defaults
 
     cfg = defaults(env_id)
     base = TrainConfig().reward
     assert base.epochs == 6 and base.val_split == "per_member" and TrainConfig().reward_offset == -1.5
-    assert cfg.reward.epochs == 10 and cfg.reward.val_split == "shared" and cfg.reward_offset == 0.0
+    assert base.crop_fraction == 0.0
+    assert cfg.reward.epochs == 10 and cfg.reward_offset == 0.0
+    mujoco = env_id == "Hopper-v5"
+    assert cfg.reward.val_split == ("per_member" if mujoco else "shared")
+    assert cfg.reward.crop_fraction == (0.3 if mujoco else 0.0)
+
+
+def test_the_target_objective_drops_a_presets_cropping_unless_asked_for():
+    """The regression ablation fits whole clips; on MuJoCo (cropping by default) it must still start, from the
+    CLI and as a sweep variant, while an explicit --crop-fraction with it stays an error."""
+    from prefrl.cli import parse_train_config
+    from prefrl.config import VARIANTS
+    from prefrl.presets import defaults
+
+    cfg = parse_train_config(["--env", "Hopper-v5", "--objective", "target"])
+    assert cfg.reward.objective == "target" and cfg.reward.crop_fraction == 0.0
+    cfg.validate()
+    variant = VARIANTS["target"](defaults("Hopper-v5"))
+    assert variant.reward.crop_fraction == 0.0
+    variant.validate()
+    asked = parse_train_config(["--env", "Hopper-v5", "--objective", "target", "--crop-fraction", "0.2"])
+    with pytest.raises(ConfigError, match="set --crop-fraction 0"):
+        asked.validate()
 
 
 def test_the_reward_offset_defaults_to_a_shift_only_where_no_episode_ends_early():
