@@ -34,10 +34,10 @@ MEASURED_REWARD = dict(val_split="shared", epochs=10, output_mean=0.0)
 -1.5); the Atari and own-task presets stay, MuJoCo's moved as measured (MUJOCO_REWARD)."""
 MUJOCO_REWARD = dict(MEASURED_REWARD, val_split="per_member", crop_fraction=0.3)
 """MuJoCo's reward fit since the fifteenth session: members validated on their own out-of-bag labels, and SURF's
-temporal cropping (--crop-fraction 0.3). With 350 labels, PPO-true beside them: HalfCheetah seeds 0-2 2806 vs 2732
-(1.03), Hopper seeds 5-8 2720 vs 2942 (0.92); with `shared` and no cropping HalfCheetah's seeds 0-2 scored 2045,
-3754, 2068 and Hopper's 0.67-0.80, with `per_member` alone Hopper 0.59-0.86 and HalfCheetah 2076
-(results/bench/README.md)."""
+temporal cropping (--crop-fraction 0.3). With 350 labels, PPO-true beside them on one host class: HalfCheetah
+seeds 0-4 2463 vs 2604 (0.95), Hopper seeds 5-8 2720 vs 2942 (0.92). Before, with `shared` and no cropping: 0.80 and
+0.76 (seeds 0-1, twelfth session; HalfCheetah's seed 0 1893 against 4491 here, same host and code); `per_member`
+alone: Hopper 0.59-0.86, HalfCheetah 2076 over seeds 0-2 (results/bench/README.md)."""
 CLIP_STEPS_RANGE = (15, 60)
 
 
