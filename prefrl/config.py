@@ -364,7 +364,7 @@ class TrainConfig:
             (rm.refit_growth >= 0, f"--refit-growth must be >= 0 (got {rm.refit_growth})"),
             (0.0 <= rm.crop_fraction < 1.0, f"--crop-fraction must be in [0, 1) (got {rm.crop_fraction})"),
             (rm.crop_fraction == 0 or rm.objective == "preference",
-             "--crop-fraction applies to the preference objective (the regression fits whole clips); set --crop-fraction 0"),
+             "--crop-fraction applies to the preference objective (regression fits whole clips); set --crop-fraction 0"),
             (rm.output_std > 0, f"--output-std must be > 0 (got {rm.output_std})"),
             (not (rm.arch == "cnn" and rm.use_actions),
              "--arch cnn sees observations only (the paper's Atari predictor); add --no-use-actions"),
