@@ -151,7 +151,8 @@ class RewardConfig:
     trains on ~40% of them and no member on 37%). With PPO's 5 epochs, 50 labels on Pendulum failed 6 of 30 seeds
     with `per_member` and 13 of 30 with `shared` (200 labels: 4 and 5 of 30; at 10 epochs the two splits did not
     differ), but those seeds chose the setting: on fresh seeds 30-49 `per_member` failed 8 of 20 at 50 labels and 3
-    of 20 at 200. The presets keep `shared`, which their committed results were measured with."""
+    of 20 at 200. The Atari and own-task presets keep `shared`, which their committed results were measured
+    with; the MuJoCo preset moved to `per_member` with cropping (prefrl.presets.MUJOCO_REWARD)."""
     l2: float = 1e-4
     """Initial L2 weight on the members' parameters."""
     adapt_l2: bool = True
