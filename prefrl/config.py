@@ -95,6 +95,12 @@ class PPOConfig:
     """Adam learning rate of the policy. rl-zoo's Pendulum value, 1e-3, left PPO-true itself unstable over 5 seeds
     (-209 +- 76, worst -330); 3e-4 gave -135.4 +- 1.2 in the same 122,880 steps, and preference runs more time
     before the policy settles on what an early reward model liked."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """`linear` decays the policy's learning rate from --learning-rate to 0 over the run (SB3's LinearSchedule, on
+    PPO's own steps, so a resumed run picks up where it stopped); `constant` keeps it. On Pendulum, `--n-envs 8
+    --n-steps 256 --learning-rate 1e-3 --lr-schedule linear` brought PPO-true's training return past -400 about twice
+    as early (31-61k steps against 70-74k, seeds 0-3, same final score), but 50-label runs failed 10 of 20 seeds
+    (100-119) against the defaults' 9 (results/bench/README.md, seventeenth session)."""
     gamma: float = 0.9
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -106,6 +112,13 @@ class PPOConfig:
     at PPO-true's pace while the reward model still has a dozen labels, and the agent stays in the spin or
     half-swing the early model liked; 0.01 (the paper's MuJoCo value) raised Pendulum's 5-seed normalised mean
     from 0.60 to 0.71 (200 labels) and 0.11 to 0.52 (50), PPO-true -158 -> -173 (results/bench/README.md)."""
+    target_kl: Optional[float] = None
+    """Stop a rollout's PPO epochs early once the approximate KL between the old and the new policy passes 1.5x
+    this (SB3's target_kl); None never stops early. 0.02 on Pendulum slowed 50-label runs (6 of the first 10 seeds
+    of 100-119 failed, against 4 at the defaults)."""
+    normalize_advantage: bool = True
+    """Scale each minibatch's advantages to zero mean and unit std (SB3's default). Off, 50-label Pendulum runs
+    learned more slowly (5 of the first 8 seeds of 100-119 failed, against 3 at the defaults)."""
     vf_coef: float = 0.5
     """Value loss weight."""
     max_grad_norm: float = 0.5
@@ -390,6 +403,7 @@ class TrainConfig:
             (self.ppo.minibatch_size >= 2, f"--minibatch-size must be >= 2 (got {self.ppo.minibatch_size})"),
             (0 < self.ppo.gamma <= 1, f"--gamma must be in (0, 1] (got {self.ppo.gamma})"),
             (self.ppo.learning_rate > 0, f"--learning-rate must be > 0 (got {self.ppo.learning_rate})"),
+            (self.ppo.target_kl is None or self.ppo.target_kl > 0, f"--target-kl must be > 0 (got {self.ppo.target_kl})"),
             (self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {self.checkpoint_every})"),
             (re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", self.exp_name) is not None,
              f"--exp-name {self.exp_name!r} cannot name a run folder; use 1 to 64 letters, digits, '_', '-' "

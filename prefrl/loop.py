@@ -36,6 +36,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv, VecNormalize
 
 from prefrl.clips import (SPILL_BYTES, Clip, ClipObsArray, ClipRecorder, load_clip_acts_rews, load_clip_arrays,
@@ -886,9 +887,11 @@ def make_ppo(cfg: TrainConfig, venv: VecEnv) -> PPO:
     """PPO as the config says; checkpoints are loaded into it with set_parameters (weights only, no pickle)."""
     p = cfg.ppo
     box = not hasattr(venv.action_space, "n")
+    lr = LinearSchedule(p.learning_rate, 0.0, 1.0) if p.lr_schedule == "linear" else p.learning_rate
     return PPO(p.policy, venv, n_steps=p.n_steps, batch_size=p.minibatch_size, n_epochs=p.n_epochs,
-               learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
-               ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+               learning_rate=lr, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+               ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
+               normalize_advantage=p.normalize_advantage,
                use_sde=p.use_sde and box, sde_sample_freq=p.sde_sample_freq,
                policy_kwargs=dict(net_arch=list(p.net_arch)), seed=cfg.seed, device=cfg.device, verbose=0)
 

@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import pytest
 
-from prefrl.config import ConfigError, EnvConfig, FeedbackConfig, RewardConfig, TrainConfig
+from prefrl.config import ConfigError, EnvConfig, FeedbackConfig, PPOConfig, RewardConfig, TrainConfig
 
 
 def test_json_round_trip():
@@ -23,6 +23,7 @@ def test_json_round_trip():
     (dict(reward=RewardConfig(crop_fraction=1.0)), r"--crop-fraction must be in \[0, 1\)"),
     (dict(reward=RewardConfig(crop_fraction=0.2, objective="target")),
      "applies to the preference objective.*set --crop-fraction 0"),
+    (dict(ppo=PPOConfig(target_kl=0.0)), "--target-kl must be > 0"),
     (dict(env=EnvConfig(reward_transform="symlog")), "--reward-transform only applies with --reward-source true"),
     (dict(env=EnvConfig(reward_transform="cube"), reward_source="true"), "unknown --reward-transform 'cube'"),
     (dict(env=EnvConfig(reward_transform="affine:1"), reward_source="true"), "is not affine:A,B"),
@@ -91,3 +92,19 @@ def test_the_reward_offset_defaults_to_a_shift_only_where_no_episode_ends_early(
     assert endless.reward_offset == -1.5
     assert replace(ends, reward=replace(cfg.reward, output_mean=-2.0)).reward_offset == -2.0  # a flag always wins
     assert TrainConfig.from_json(cfg.to_json()).reward.output_mean is None  # config.json keeps "unset"
+
+
+@pytest.mark.parametrize("ppo", [PPOConfig(), PPOConfig(lr_schedule="linear", target_kl=0.02, normalize_advantage=False)])
+def test_ppo_gets_the_learning_rate_schedule_kl_stop_and_advantage_scaling_asked_for(ppo):
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from prefrl.loop import make_ppo
+
+    model = make_ppo(TrainConfig(ppo=ppo), DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
+    assert model.target_kl == ppo.target_kl
+    assert model.normalize_advantage == ppo.normalize_advantage
+    # SB3 calls the schedule with the progress remaining: 1 at the start of learn(), 0 at its end
+    half = ppo.learning_rate / 2 if ppo.lr_schedule == "linear" else ppo.learning_rate
+    assert model.lr_schedule(1.0) == pytest.approx(ppo.learning_rate)
+    assert model.lr_schedule(0.5) == pytest.approx(half)
