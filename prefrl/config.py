@@ -114,11 +114,11 @@ class PPOConfig:
     from 0.60 to 0.71 (200 labels) and 0.11 to 0.52 (50), PPO-true -158 -> -173 (results/bench/README.md)."""
     target_kl: Optional[float] = None
     """Stop a rollout's PPO epochs early once the approximate KL between the old and the new policy passes 1.5x
-    this (SB3's target_kl); None never stops early. 0.02 on Pendulum slowed 50-label runs (6 of the first 10 seeds
-    of 100-119 failed, against 4 at the defaults)."""
+    this (SB3's target_kl); None never stops early. 0.02 on Pendulum slowed 50-label runs (seeds 100-111: 6 of 12 failed,
+    5 at the defaults)."""
     normalize_advantage: bool = True
     """Scale each minibatch's advantages to zero mean and unit std (SB3's default). Off, 50-label Pendulum runs
-    learned more slowly (5 of the first 8 seeds of 100-119 failed, against 3 at the defaults)."""
+    learned more slowly (seeds 100-109: 6 of 10 failed, 4 at the defaults)."""
     vf_coef: float = 0.5
     """Value loss weight."""
     max_grad_norm: float = 0.5
