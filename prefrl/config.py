@@ -114,8 +114,8 @@ class PPOConfig:
     from 0.60 to 0.71 (200 labels) and 0.11 to 0.52 (50), PPO-true -158 -> -173 (results/bench/README.md)."""
     target_kl: Optional[float] = None
     """Stop a rollout's PPO epochs early once the approximate KL between the old and the new policy passes 1.5x
-    this (SB3's target_kl); None never stops early. 0.02 on Pendulum slowed 50-label runs (seeds 100-111: 6 of 12 failed,
-    5 at the defaults)."""
+    this (SB3's target_kl); None never stops early. 0.02 on Pendulum slowed 50-label runs (seeds 100-111: 6 of 12
+    failed, 5 at the defaults)."""
     normalize_advantage: bool = True
     """Scale each minibatch's advantages to zero mean and unit std (SB3's default). Off, 50-label Pendulum runs
     learned more slowly (seeds 100-109: 6 of 10 failed, 4 at the defaults)."""
@@ -403,7 +403,8 @@ class TrainConfig:
             (self.ppo.minibatch_size >= 2, f"--minibatch-size must be >= 2 (got {self.ppo.minibatch_size})"),
             (0 < self.ppo.gamma <= 1, f"--gamma must be in (0, 1] (got {self.ppo.gamma})"),
             (self.ppo.learning_rate > 0, f"--learning-rate must be > 0 (got {self.ppo.learning_rate})"),
-            (self.ppo.target_kl is None or self.ppo.target_kl > 0, f"--target-kl must be > 0 (got {self.ppo.target_kl})"),
+            (self.ppo.target_kl is None or self.ppo.target_kl > 0,
+             f"--target-kl must be > 0 (got {self.ppo.target_kl})"),
             (self.checkpoint_every >= 1, f"--checkpoint-every must be >= 1 (got {self.checkpoint_every})"),
             (re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", self.exp_name) is not None,
              f"--exp-name {self.exp_name!r} cannot name a run folder; use 1 to 64 letters, digits, '_', '-' "

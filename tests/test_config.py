@@ -94,7 +94,8 @@ def test_the_reward_offset_defaults_to_a_shift_only_where_no_episode_ends_early(
     assert TrainConfig.from_json(cfg.to_json()).reward.output_mean is None  # config.json keeps "unset"
 
 
-@pytest.mark.parametrize("ppo", [PPOConfig(), PPOConfig(lr_schedule="linear", target_kl=0.02, normalize_advantage=False)])
+@pytest.mark.parametrize("ppo", [PPOConfig(),
+                                 PPOConfig(lr_schedule="linear", target_kl=0.02, normalize_advantage=False)])
 def test_ppo_gets_the_learning_rate_schedule_kl_stop_and_advantage_scaling_asked_for(ppo):
     import gymnasium as gym
     from stable_baselines3.common.vec_env import DummyVecEnv
