@@ -29,8 +29,8 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 
 
-def one_round(policy, cfg, episodes: int) -> tuple[float, int, float, float, float]:
-    """(seconds in env.step, steps, contacts per step, solver iterations per step, true return per episode)."""
+def one_round(policy, cfg, episodes: int) -> np.ndarray:
+    """Sums over the episodes: [seconds in env.step, steps, contacts, solver iterations, true return]."""
     from prefrl.envs import make_env
     from prefrl.evaluate import EVAL_SEED
 
@@ -54,7 +54,7 @@ def one_round(policy, cfg, episodes: int) -> tuple[float, int, float, float, flo
                 done = terminated or truncated
     finally:
         env.close()
-    return spent, steps, contacts / max(steps, 1), iters / max(steps, 1), ret / episodes
+    return np.array([spent, steps, contacts, iters, ret])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,15 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     totals = {run: np.zeros(5) for run, _, _ in loaded}
     for _ in range(args.rounds):
         for run, policy, cfg in loaded:
-            totals[run] += np.array(one_round(policy, cfg, args.episodes))
+            totals[run] += one_round(policy, cfg, args.episodes)
     base = None
     print("| run | us per env step | / first run | contacts per step | solver iterations per step | true return |")
     print("|---|---|---|---|---|---|")
     for run, _, _ in loaded:
-        spent, steps, contacts, iters, ret = totals[run] / [1, 1, args.rounds, args.rounds, args.rounds]
+        spent, steps, contacts, iters, ret = totals[run]
         us = spent / steps * 1e6
         base = base or us
-        print(f"| {run.name} | {us:.1f} | {us / base:.2f}x | {contacts:.2f} | {iters:.1f} | {ret:.1f} |")
+        print(f"| {run.name} | {us:.1f} | {us / base:.2f}x | {contacts / steps:.2f} | {iters / steps:.1f} | "
+              f"{ret / (args.rounds * args.episodes):.1f} |")
     return 0
 
 

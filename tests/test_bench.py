@@ -135,19 +135,12 @@ def test_imitation_reference_script_says_how_to_get_imitation_when_it_is_missing
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def _tiny_true_run(tmp_path, env_id):
-    run = tmp_path / env_id.replace("/", "_")
-    r = subprocess.run([sys.executable, "-m", "prefrl", "train", "--env", env_id, "--reward-source", "true",
-                        "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "256", "--eval-episodes", "1",
-                        "--run-dir", str(run), "--no-progress-bar"], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert r.returncode == 0, r.stderr
-    return run
-
-
 def test_env_step_cost_times_each_runs_env_steps_against_the_first(tmp_path):
+    from test_bad_inputs import make_source_run
+    from test_cli import TINY, prefrl
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "env_step_cost.py"
-    run = _tiny_true_run(tmp_path, "Pendulum-v1")
+    run = make_source_run(tmp_path / "pendulum")
     r = subprocess.run([sys.executable, str(script), str(run), str(run), "--episodes", "1", "--rounds", "2"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -155,7 +148,9 @@ def test_env_step_cost_times_each_runs_env_steps_against_the_first(tmp_path):
     assert len(rows) == 2 and rows[0][2].strip() == "1.00x"
     assert float(rows[0][1]) > 0 and float(rows[0][3]) == 0  # no contacts outside MuJoCo
     assert float(rows[0][5]) == float(rows[1][5])  # the same deterministic episodes
-    other = _tiny_true_run(tmp_path, "CartPole-v1")
+    other = tmp_path / "cartpole"
+    assert prefrl("train", "--env", "CartPole-v1", "--reward-source", "true", "--run-dir", str(other),
+                  *TINY).returncode == 0
     r = subprocess.run([sys.executable, str(script), str(run), str(other)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0 and "pass runs of one env" in r.stderr
