@@ -50,7 +50,7 @@ from prefrl.labels.store import Answer, DuplicateLabel, LabelStore, StoreError, 
 from prefrl.reliability import fault_point
 from prefrl.reward.model import Ensemble, make_ensemble
 from prefrl.reward.train import FitStats, PreferenceData, RewardTrainer
-from prefrl.reward.wrapper import LearnedReward, RelabelRollout, RolloutRewardNormalize
+from prefrl.reward.wrapper import LearnedReward, RelabelledRolloutBuffer, RelabelRollout, RolloutRewardNormalize
 from prefrl.sampling import make_sampler
 from prefrl.schedule import LabelSchedule
 
@@ -185,7 +185,7 @@ class Trainer:
     # --- set-up -------------------------------------------------------------------
 
     def _make_ppo(self) -> PPO:
-        return make_ppo(self.cfg, self.venv)
+        return make_ppo(self.cfg, self.venv, relabelled=self.relabel is not None)
 
     def _disagreement_ready(self) -> bool:
         # the sampler itself handles a 1-member ensemble
@@ -311,8 +311,7 @@ class Trainer:
                 continue  # pending in labels.sqlite until someone answers in the app
             answers = self.teacher.answer(np.stack([candidates[c.left].rews for c in chs]),
                                           np.stack([candidates[c.right].rews for c in chs]))
-            for pid, ans in zip(pair_ids, answers):
-                self.store.add_label(pid, ans, labeler=self.teacher.name, seconds=0.0, model_version=version)
+            self.store.add_labels([(pid, ans, self.teacher.name, 0.0, version) for pid, ans in zip(pair_ids, answers)])
         return len(choices)
 
     def _fill_pending(self) -> int:
@@ -883,8 +882,9 @@ def train(cfg: TrainConfig) -> RunResult:
         unlock_run(run_dir)
 
 
-def make_ppo(cfg: TrainConfig, venv: VecEnv) -> PPO:
-    """PPO as the config says; checkpoints are loaded into it with set_parameters (weights only, no pickle)."""
+def make_ppo(cfg: TrainConfig, venv: VecEnv, relabelled: bool = False) -> PPO:
+    """PPO as the config says; checkpoints are loaded into it with set_parameters (weights only, no pickle).
+    relabelled: RelabelRollout writes each rollout's rewards, so the buffer defers returns and advantages."""
     p = cfg.ppo
     box = not hasattr(venv.action_space, "n")
     lr = LinearSchedule(p.learning_rate, 0.0, 1.0) if p.lr_schedule == "linear" else p.learning_rate
@@ -893,7 +893,8 @@ def make_ppo(cfg: TrainConfig, venv: VecEnv) -> PPO:
                ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm, target_kl=p.target_kl,
                normalize_advantage=p.normalize_advantage,
                use_sde=p.use_sde and box, sde_sample_freq=p.sde_sample_freq,
-               policy_kwargs=dict(net_arch=list(p.net_arch)), seed=cfg.seed, device=cfg.device, verbose=0)
+               policy_kwargs=dict(net_arch=list(p.net_arch)), seed=cfg.seed, device=cfg.device, verbose=0,
+               rollout_buffer_class=RelabelledRolloutBuffer if relabelled else None)
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:

@@ -13,7 +13,8 @@ import signal
 import threading
 
 PHASES = {
-    "label_write": "inside a label's write transaction, after the INSERT, before COMMIT (store.add_label)",
+    "label_write": "inside a label's write transaction, after the INSERT, before COMMIT (store.add_labels: a "
+                   "synthetic teacher's batch of answers is one transaction)",
     "gather": "after a batch of pairs is stored, before the teacher's labels (loop.Trainer._gather)",
     "refit": "at the start of a reward-model refit (with a delay: during the fit)",
     "ppo_update": "at a rollout end, before PPO's update (with a delay: during the update)",

@@ -77,7 +77,8 @@ def test_without_relabel_the_buffer_would_hold_only_placeholders(tmp_path):
     t = Trainer(cfg, run, resuming=False)
     t.ensemble.version = 1
     grab = _Grab()
-    t.model.learn(cfg.rollout_steps, callback=grab)
+    with pytest.raises(RuntimeError, match="placeholder rewards"):  # and PPO refuses to train on them
+        t.model.learn(cfg.rollout_steps, callback=grab)
     assert np.all(grab.rollouts[0]["rewards"] == 0)
     t.model.learn(cfg.rollout_steps, callback=[t.relabel, grab], reset_num_timesteps=False)
     assert np.abs(grab.rollouts[1]["rewards"]).max() > 0
@@ -92,7 +93,8 @@ def test_steps_the_relabel_did_not_see_are_an_error(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     t = Trainer(cfg, run, resuming=False)
-    t.model.learn(cfg.rollout_steps)  # no relabel: 64 steps stay logged
+    with pytest.raises(RuntimeError, match="placeholder rewards"):  # no relabel: 64 steps stay logged
+        t.model.learn(cfg.rollout_steps)
 
     class SkipStartClear(type(t.relabel)):
         def _on_rollout_start(self) -> None:

@@ -213,3 +213,15 @@ def test_add_clips_writes_all_rows_in_one_transaction_or_none(tmp_path):
     with pytest.raises(StoreError, match="inside it"):  # one bad path refuses the whole batch
         store.add_clips([("c3", 3, 0.0, 25, "clips/c3.npz", None), ("c4", 4, 0.0, 25, "../escape.npz", None)])
     assert [c.id for c in store.clips()] == ["c0", "c1", "c2"]
+
+
+def test_add_labels_writes_all_rows_in_one_transaction_or_none(tmp_path):
+    store, (p0, p1, p2) = _store_with_pairs(tmp_path / "labels.sqlite")
+    ids = store.add_labels([(p0, "left", "oracle", 0.0, 2), (p1, Answer.EQUAL, "oracle", 0.0, 2)])
+    assert [(r.id, r.pair_id, r.answer) for r in store.labels()] == [(ids[0], p0, Answer.LEFT),
+                                                                    (ids[1], p1, Answer.EQUAL)]
+    with pytest.raises(DuplicateLabel):  # the second row repeats an answer: the first is not written either
+        store.add_labels([(p2, "right", "oracle", 0.0, 2), (p0, "right", "oracle", 0.0, 2)])
+    with pytest.raises(StoreError, match="does not exist"):
+        store.add_labels([(p2, "right", "oracle", 0.0, 2), (999, "right", "oracle", 0.0, 2)])
+    assert store.count_labels() == 2 and [p.id for p in store.pending_pairs()] == [p2]

@@ -100,3 +100,19 @@ def test_weights_swapped_in_place_take_effect_at_once():
         ens.out_mean.add_(5.0)  # what a refit does: updates the same module the wrapper holds
     _, after, _, _ = env.step(np.zeros((2, 1), dtype=np.float32))
     assert np.all(after < before - 1.0)
+
+
+def test_rollout_episode_returns_are_the_per_step_sums_exactly():
+    """The per-rollout bookkeeping of learned episode returns adds the same float64 numbers in the same order as
+    the per-step one, episodes carried across rollouts and several ends per env and rollout included."""
+    rng = np.random.default_rng(0)
+    a, _ = wrapped(n_envs=3)
+    b, _ = wrapped(n_envs=3)
+    for _ in range(3):  # rollouts
+        rews = rng.normal(size=(40, 3)).astype(np.float32) * 10
+        ends = rng.random((40, 3)) < 0.08
+        ends[:, 2] = False  # one env ends nothing in some rollout: its sum carries over
+        stepwise = [ret for t in range(40) for _, ret in a._close_episodes(rews[t], ends[t])]
+        assert b._close_rollout_episodes(rews, ends) == stepwise
+        assert np.array_equal(a._episode, b._episode)
+    assert len(stepwise) > 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
@@ -115,8 +116,24 @@ class LearnedReward(VecEnvWrapper):
         steps = len(obs)
         rews = self._predict(obs.reshape(steps * n, *obs.shape[2:]),
                              acts.reshape(steps * n, *acts.shape[2:])).reshape(steps, n)
-        finished = [ret for t in range(steps) for _, ret in self._close_episodes(rews[t], ends[t])]
-        return rews, dones, finished
+        return rews, dones, self._close_rollout_episodes(rews, ends)
+
+    def _close_rollout_episodes(self, rews: np.ndarray, ends: np.ndarray) -> list[float]:
+        """_close_episodes over a rollout (T, n_envs) at once: the same float64 sums in the same order (cumsum is
+        sequential), a Python step per episode instead of per row (~4 ms a 1,024-step rollout); (step, env) order."""
+        found: list[tuple[int, int, float]] = []
+        for i in range(rews.shape[1]):
+            start, total = 0, self._episode[i]
+            for t in np.flatnonzero(ends[:, i]):
+                found.append((int(t), i, float(_running_sum(total, rews[start:t + 1, i]))))
+                start, total = t + 1, 0.0
+            self._episode[i] = _running_sum(total, rews[start:, i])
+        return [ret for _, _, ret in sorted(found)]
+
+
+def _running_sum(total: float, rews: np.ndarray) -> float:
+    """total + rews[0] + rews[1] + ... in float64, added left to right like the per-step `+=`."""
+    return float(np.cumsum(np.concatenate([[total], rews.astype(np.float64)]))[-1])
 
 
 class RolloutRewardNormalize(VecNormalize):
@@ -192,4 +209,38 @@ class RelabelRollout(BaseCallback):
             raise RuntimeError(f"the learned reward logged {rews.shape} steps x envs but PPO's buffer holds "
                                f"{buf.rewards.shape}; attach RelabelRollout to every learn() call")
         buf.rewards += self.norm.scale_rollout(rews, dones)
-        buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+        if isinstance(buf, RelabelledRolloutBuffer):
+            buf.compute_deferred()
+        else:
+            buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+
+
+class RelabelledRolloutBuffer(RolloutBuffer):
+    """PPO's rollout buffer when RelabelRollout writes the rewards (PPO(rollout_buffer_class=...)).
+
+    collect_rollouts computes returns and advantages on the placeholder rewards just before RelabelRollout
+    computes them again on the learned ones; here that first call only keeps its arguments (a Python loop over
+    the rollout's steps: ~5 ms a Pendulum rollout). A buffer whose rewards never came refuses to hand PPO its
+    batches rather than train it on placeholders."""
+
+    _pending: Optional[tuple] = None
+
+    def reset(self) -> None:
+        self._pending = None
+        super().reset()
+
+    def compute_returns_and_advantage(self, last_values, dones: np.ndarray) -> None:
+        self._pending = (last_values, dones)
+
+    def compute_deferred(self) -> None:
+        if self._pending is None:
+            raise RuntimeError("no rollout to compute returns for: the buffer was not filled since its reset")
+        last_values, dones = self._pending
+        self._pending = None
+        super().compute_returns_and_advantage(last_values=last_values, dones=dones)
+
+    def get(self, batch_size: Optional[int] = None):
+        if self._pending is not None:
+            raise RuntimeError("PPO's rollout holds placeholder rewards: attach RelabelRollout (before any other "
+                               "callback) to every learn() call of a per-rollout learned reward")
+        yield from super().get(batch_size)
