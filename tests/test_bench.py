@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -154,3 +155,22 @@ def test_env_step_cost_times_each_runs_env_steps_against_the_first(tmp_path):
     r = subprocess.run([sys.executable, str(script), str(run), str(other)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0 and "pass runs of one env" in r.stderr
+
+
+@pytest.mark.skipif(not {0, 1} <= os.sched_getaffinity(0), reason="needs cores 0 and 1")
+def test_pendulum_pinned_runs_each_pair_on_both_core_assignments(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pendulum_pinned.py"
+    args = [sys.executable, str(script), "--seeds", "1", "--steps", "1024", "--method", "pref_10",
+            "--out", str(tmp_path / "out"), "--", "--n-steps", "256", "--eval-episodes", "1"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "out" / "pendulum_pinned.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["ppo_true_core"] for row in rows] == ["0", "1"]
+    ratios = [float(row["pref_wall"]) / float(row["ppo_true_wall"]) for row in rows]
+    assert [float(row["ratio"]) for row in rows] == pytest.approx(ratios, rel=1e-3)
+    assert rows[0]["pref_return"] == rows[1]["pref_return"]  # the same seeded run on either core
+    md = (tmp_path / "out" / "pendulum_pinned.md").read_text()
+    assert f"seed 0 {math.sqrt(ratios[0] * ratios[1]):.3f}x" in md
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)  # never over an earlier result
+    assert r.returncode != 0 and "exists; pass another --out" in r.stderr

@@ -376,7 +376,8 @@ class LabelStore:
                                (pair_id, labeler)).fetchone() is not None:
                     raise DuplicateLabel(f"pair {pair_id} was already answered by {labeler}; moving on")
                 cur.execute("INSERT INTO labels (pair_id, answer, labeler, seconds, created, model_version) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (pair_id, answer, labeler, seconds, time.time(), model_version))
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (pair_id, answer, labeler, seconds, time.time(), model_version))
                 fault_point("label_write")  # fault tests: killed inside the transaction, the labels must vanish whole
                 ids.append(cur.lastrowid)
         return ids
