@@ -104,3 +104,18 @@ def test_steps_the_relabel_did_not_see_are_an_error(tmp_path):
         t.model.learn(cfg.rollout_steps, callback=SkipStartClear(t.relabel.reward, t.relabel.norm),
                       reset_num_timesteps=False)
     t.close()
+
+
+def test_relabel_needs_the_deferring_buffer(tmp_path):
+    """A PPO built without make_ppo(..., relabelled=True) would compute its returns twice: refused by name."""
+    from prefrl.loop import make_ppo
+
+    cfg = TrainConfig(env=EnvConfig(env="Pendulum-v1", n_envs=2), ppo=PPOConfig(n_steps=64, minibatch_size=64,
+                      n_epochs=1), seed=0, results_dir=tmp_path, progress_bar=False).validate()
+    run = tmp_path / "run"
+    run.mkdir()
+    t = Trainer(cfg, run, resuming=False)
+    plain = make_ppo(cfg, t.venv)
+    with pytest.raises(RuntimeError, match="relabelled=True"):
+        plain.learn(cfg.rollout_steps, callback=t.relabel)
+    t.close()

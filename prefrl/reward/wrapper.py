@@ -125,7 +125,7 @@ class LearnedReward(VecEnvWrapper):
         for i in range(rews.shape[1]):
             start, total = 0, self._episode[i]
             for t in np.flatnonzero(ends[:, i]):
-                found.append((int(t), i, float(_running_sum(total, rews[start:t + 1, i]))))
+                found.append((int(t), i, _running_sum(total, rews[start:t + 1, i])))
                 start, total = t + 1, 0.0
             self._episode[i] = _running_sum(total, rews[start:, i])
         return [ret for _, _, ret in sorted(found)]
@@ -188,8 +188,9 @@ class RolloutRewardNormalize(VecNormalize):
 class RelabelRollout(BaseCallback):
     """At each rollout end, before any other callback sees the rollout: PPO's buffer gets the learned reward
     of every step (LearnedReward.rollout_rewards, scaled by RolloutRewardNormalize) added to what it holds
-    (the value bootstraps SB3 adds at time-limit truncations), and returns and advantages are recomputed.
-    `episode_returns` then holds the learned returns of the episodes that ended in the rollout."""
+    (the value bootstraps SB3 adds at time-limit truncations), and the returns and advantages that the buffer
+    (RelabelledRolloutBuffer) deferred are computed. `episode_returns` then holds the learned returns of the
+    episodes that ended in the rollout."""
 
     def __init__(self, reward: LearnedReward, norm: RolloutRewardNormalize):
         super().__init__()
@@ -208,11 +209,11 @@ class RelabelRollout(BaseCallback):
         if rews.shape != buf.rewards.shape:
             raise RuntimeError(f"the learned reward logged {rews.shape} steps x envs but PPO's buffer holds "
                                f"{buf.rewards.shape}; attach RelabelRollout to every learn() call")
+        if not isinstance(buf, RelabelledRolloutBuffer):
+            raise RuntimeError("PPO's rollout buffer must be a RelabelledRolloutBuffer; build PPO with "
+                               "prefrl.loop.make_ppo(cfg, venv, relabelled=True)")
         buf.rewards += self.norm.scale_rollout(rews, dones)
-        if isinstance(buf, RelabelledRolloutBuffer):
-            buf.compute_deferred()
-        else:
-            buf.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+        buf.compute_deferred()
 
 
 class RelabelledRolloutBuffer(RolloutBuffer):
