@@ -67,14 +67,19 @@ def test_per_rollout_reward_matches_per_step(tmp_path, env_id):
         assert len(roll_returns) == 2 and step_returns[-2:] == pytest.approx(roll_returns, rel=1e-4)
 
 
-def test_without_relabel_the_buffer_would_hold_only_placeholders(tmp_path):
-    """The check above can fail: PPO's buffer without RelabelRollout holds no learned reward at all."""
+def _small_trainer(tmp_path) -> tuple[TrainConfig, Trainer]:
+    """A per-rollout (default) Pendulum trainer with 64-step rollouts of 2 envs."""
     cfg = TrainConfig(env=EnvConfig(env="Pendulum-v1", n_envs=2), ppo=PPOConfig(n_steps=64, minibatch_size=64,
                       n_epochs=1), seed=0, results_dir=tmp_path, progress_bar=False).validate()
-    assert cfg.reward_per_rollout  # the default
     run = tmp_path / "run"
     run.mkdir()
-    t = Trainer(cfg, run, resuming=False)
+    return cfg, Trainer(cfg, run, resuming=False)
+
+
+def test_without_relabel_the_buffer_would_hold_only_placeholders(tmp_path):
+    """The check above can fail: PPO's buffer without RelabelRollout holds no learned reward at all."""
+    cfg, t = _small_trainer(tmp_path)
+    assert cfg.reward_per_rollout  # the default
     t.ensemble.version = 1
     grab = _Grab()
     with pytest.raises(RuntimeError, match="placeholder rewards"):  # and PPO refuses to train on them
@@ -88,11 +93,7 @@ def test_without_relabel_the_buffer_would_hold_only_placeholders(tmp_path):
 def test_steps_the_relabel_did_not_see_are_an_error(tmp_path):
     """A learn() call without RelabelRollout leaves its steps logged; a relabel that then finds more steps than
     PPO's buffer holds must say so instead of writing rewards against the wrong steps."""
-    cfg = TrainConfig(env=EnvConfig(env="Pendulum-v1", n_envs=2), ppo=PPOConfig(n_steps=64, minibatch_size=64,
-                      n_epochs=1), seed=0, results_dir=tmp_path, progress_bar=False).validate()
-    run = tmp_path / "run"
-    run.mkdir()
-    t = Trainer(cfg, run, resuming=False)
+    cfg, t = _small_trainer(tmp_path)
     with pytest.raises(RuntimeError, match="placeholder rewards"):  # no relabel: 64 steps stay logged
         t.model.learn(cfg.rollout_steps)
 
@@ -110,11 +111,7 @@ def test_relabel_needs_the_deferring_buffer(tmp_path):
     """A PPO built without make_ppo(..., relabelled=True) would compute its returns twice: refused by name."""
     from prefrl.loop import make_ppo
 
-    cfg = TrainConfig(env=EnvConfig(env="Pendulum-v1", n_envs=2), ppo=PPOConfig(n_steps=64, minibatch_size=64,
-                      n_epochs=1), seed=0, results_dir=tmp_path, progress_bar=False).validate()
-    run = tmp_path / "run"
-    run.mkdir()
-    t = Trainer(cfg, run, resuming=False)
+    cfg, t = _small_trainer(tmp_path)
     plain = make_ppo(cfg, t.venv)
     with pytest.raises(RuntimeError, match="relabelled=True"):
         plain.learn(cfg.rollout_steps, callback=t.relabel)
