@@ -127,7 +127,7 @@ def lava_ledge(cfg: TrainConfig) -> TrainConfig:
     env = replace(cfg.env, n_envs=8)
     ppo = replace(cfg.ppo, n_steps=128, n_epochs=10, learning_rate=1e-3, gamma=0.99, ent_coef=0.01)
     reward = replace(cfg.reward, use_actions=True, **MEASURED_REWARD)
-    feedback = replace(cfg.feedback, total_labels=200, prior_queries=False)
+    feedback = replace(cfg.feedback, total_labels=200, clip_length=25, prior_queries=False)
     return replace(cfg, env=env, ppo=ppo, reward=reward, feedback=feedback, total_timesteps=100_000)
 
 
