@@ -236,10 +236,10 @@ class FeedbackConfig:
     """The online schedule hands out its last label at this fraction of the run."""
     clip_length: int = 15
     """Steps per clip; must not exceed an episode (the presets set their own: Atari 25 steps as in the paper,
-    MuJoCo 1.5 s). On Pendulum 15-step clips (0.75 s) made fewer 50-label runs fail than 25-step ones (11 vs 21
-    of seeds 100-159) and 25-step clips of the initial policy differ more than 100-step ones: short clips let
-    the early labels say more (results/bench/README.md, nineteenth session). People may want longer clips
-    or a lower --video-fps to see them."""
+    MuJoCo 1.5 s). On Pendulum 15-step clips (0.75 s) did no worse than 25-step ones (50 labels: 20 vs 28 of
+    seeds 100-179 failing; 200 labels: 0 of 20) and cut the reward fits' cost by a third; 25-step clips of the
+    initial policy did better than 100-step ones (results/bench/README.md, nineteenth and third sessions).
+    People may want longer clips or a lower --video-fps to see them."""
     sampler: Literal["disagreement", "random"] = "disagreement"
     """Pair choice: random, or the pairs the ensemble members disagree on most."""
     prior_queries: bool = True
