@@ -47,20 +47,22 @@ def test_unknown_setting_refused():
         TrainConfig.from_json('{"bogus": 1}')
 
 
-@pytest.mark.parametrize("env_id, val_split, crop", [("ALE/Pong-v5", "shared", 0.0), ("Hopper-v5", "per_member", 0.3),
-                                                      ("prefrl/MiniPong-v0", "shared", 0.0),
-                                                      ("prefrl/LavaLedge-v0", "shared", 0.0)])
-def test_presets_keep_the_reward_settings_their_results_were_measured_with(env_id, val_split, crop):
-    """Classic-control defaults moved (refit epochs 10 -> 6, per_member validation, a -1.5 offset); the presets
-    must not, except MuJoCo's measured move to per_member validation with cropping."""
+@pytest.mark.parametrize("env_id, val_split, crop, clip", [("ALE/Pong-v5", "shared", 0.0, 25),
+                                                            ("Hopper-v5", "per_member", 0.3, 60),
+                                                            ("prefrl/MiniPong-v0", "shared", 0.0, 25),
+                                                            ("prefrl/LavaLedge-v0", "shared", 0.0, 25)])
+def test_presets_keep_the_reward_settings_their_results_were_measured_with(env_id, val_split, crop, clip):
+    """Classic-control defaults moved (refit epochs 10 -> 6, per_member validation, a -1.5 offset, 15-step
+    clips); the presets must not, except MuJoCo's measured move to per_member validation with cropping."""
     from prefrl.presets import defaults
 
     cfg = defaults(env_id)
     base = TrainConfig().reward
     assert base.epochs == 6 and base.val_split == "per_member" and TrainConfig().reward_offset == -1.5
-    assert base.crop_fraction == 0.0
+    assert base.crop_fraction == 0.0 and TrainConfig().feedback.clip_length == 15
     assert cfg.reward.epochs == 10 and cfg.reward_offset == 0.0
     assert cfg.reward.val_split == val_split and cfg.reward.crop_fraction == crop
+    assert cfg.feedback.clip_length == clip
 
 
 def test_the_target_objective_drops_a_presets_cropping_unless_asked_for():

@@ -192,4 +192,5 @@ def test_own_task_presets_are_cli_defaults_and_flags_override() -> None:
     cfg = parse_train_config(["--env", "prefrl/MiniPong-v0", "--gamma", "0.95", "--use-actions"])
     assert (cfg.ppo.gamma, cfg.reward.use_actions, cfg.env.n_envs) == (0.95, True, 8)
     assert parse_train_config(["--env", "prefrl/LavaLedge-v0"]).ppo.learning_rate == 1e-3
+    assert parse_train_config(["--env", "prefrl/LavaLedge-v0", "--clip-length", "10"]).feedback.clip_length == 10
     assert parse_train_config(["--env", "Pendulum-v1"]).ppo.gamma == 0.9  # no preset: prefrl's defaults
