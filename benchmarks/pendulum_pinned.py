@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=122_880, help="PPO steps a run (issue 2: 122,880)")
     ap.add_argument("--out", type=Path, default=None, help="folder for pendulum_pinned.csv/.md (default: none)")
     args = ap.parse_args(own)
-    if not (args.method.startswith("pref_") and args.method[5:].isdigit() and int(args.method[5:]) > 0):
+    from prefrl.bench import is_pref_method, load_average
+
+    if not is_pref_method(args.method):
         ap.error(f"--method {args.method!r}: use pref_<labels>, e.g. pref_200")
     if args.seeds < 1 or args.steps < 1:
         ap.error("--seeds and --steps must be >= 1")
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and (args.out / "pendulum_pinned.csv").exists():
         raise SystemExit(f"pendulum_pinned: {args.out}/pendulum_pinned.csv exists; pass another --out")
     command = "benchmarks/pendulum_pinned.py " + " ".join(argv)
-    load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_start = load_average()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = []
     with tempfile.TemporaryDirectory(prefix="pinned_") as tmp:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = rows[-1]
                 print(f"seed {seed}, PPO-true on core {true_core}: {r['ppo_true_wall']:.1f} s vs "
                       f"{r['pref_wall']:.1f} s = {r['ratio']:.3f}x", file=sys.stderr, flush=True)
-    md = summary(rows, args.method, command, started, load_start, " / ".join(f"{x:.2f}" for x in os.getloadavg()))
+    md = summary(rows, args.method, command, started, load_start, load_average())
     print(md)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,16 @@ METHODS = ("ppo_true", "pref_200", "pref_50", "random")
 COLUMNS = ["method", "seed", "labels", "steps", "true_return", "wall_seconds", "peak_rss_mb"]
 
 
+def is_pref_method(method: str) -> bool:
+    """`pref_<labels>` with a positive label count: the preference methods every benchmark takes."""
+    return method.startswith("pref_") and method[5:].isdigit() and int(method[5:]) > 0
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages as the benchmark reports print them (the hosts are shared)."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def method_config(method: str, seed: int, steps: int, runs_dir: Path, base: TrainConfig) -> TrainConfig:
     """`base` carries the train flags given after `--`, the same for every method."""
     base = replace(base, env=replace(base.env, env="Pendulum-v1"), seed=seed, total_timesteps=steps,
@@ -155,7 +165,7 @@ def _pendulum_main(argv: list[str]) -> int:
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 machine=f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
                         f"Python {platform.python_version()}",
-                load_start=" / ".join(f"{x:.2f}" for x in os.getloadavg()), workers=args.workers,
+                load_start=load_average(), workers=args.workers,
                 steps=args.steps, runs_dir=str(runs_dir))
     t0 = time.monotonic()
     jobs = [(m, s) for s in range(args.first_seed, args.first_seed + args.seeds) for m in methods]
@@ -169,7 +179,7 @@ def _pendulum_main(argv: list[str]) -> int:
                   f"{row['true_return']:.1f}, {row['wall_seconds']:.0f} s", flush=True)
     rows.sort(key=lambda r: (METHODS.index(r["method"]), r["seed"]))
     meta["total_wall"] = time.monotonic() - t0
-    meta["load_end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["load_end"] = load_average()
     with open(args.out / "pendulum.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, COLUMNS)
         w.writeheader()
@@ -380,7 +390,7 @@ def _task_main(task: Task, argv: list[str]) -> int:
     flags = [*task.flags[args.budget], *argv[cut + 1:]]
     steps = args.steps or task.steps[args.budget]
     methods = [m for m in (args.methods or ",".join(task.methods[args.budget])).split(",") if m]
-    bad = [m for m in methods if m != "ppo_true" and not (m.startswith("pref_") and m[5:].isdigit() and int(m[5:]) > 0)]
+    bad = [m for m in methods if m != "ppo_true" and not is_pref_method(m)]
     if bad:
         ap.error(f"unknown method(s) {bad}; use ppo_true and pref_<labels>, e.g. pref_700")
     envs = [e for e in args.envs.split(",") if e]
@@ -395,7 +405,7 @@ def _task_main(task: Task, argv: list[str]) -> int:
     meta = dict(command="prefrl bench " + " ".join(argv), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 machine=f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
                         f"Python {platform.python_version()}",
-                load_start=" / ".join(f"{x:.2f}" for x in os.getloadavg()), workers=args.workers, steps=steps,
+                load_start=load_average(), workers=args.workers, steps=steps,
                 runs_dir=str(runs_dir), budget=args.budget, eval_episodes=eval_episodes)
     t0 = time.monotonic()
     jobs = [(e, m, s) for s in range(args.first_seed, args.first_seed + args.seeds) for e in envs for m in methods]
@@ -410,7 +420,7 @@ def _task_main(task: Task, argv: list[str]) -> int:
                   f"{row['true_return']:.1f}, {row['steps_per_second']:.0f} steps/s", flush=True)
     rows.sort(key=lambda r: (envs.index(r["env"]), methods.index(r["method"]), r["seed"]))
     meta["total_wall"] = time.monotonic() - t0
-    meta["load_end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["load_end"] = load_average()
     with open(args.out / f"{task.name}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, TASK_COLUMNS)
         w.writeheader()
@@ -553,7 +563,7 @@ def _throughput_main(argv: list[str]) -> int:
     cut = argv.index("--") if "--" in argv else len(argv)
     args = ap.parse_args(argv[:cut])
     flags = argv[cut + 1:]
-    load_start = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_start = load_average()
     rows = [r for env_id in args.envs.split(",") if env_id for r in measure_throughput(env_id, args.steps,
                                                                                        args.repeats, flags)]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -564,7 +574,7 @@ def _throughput_main(argv: list[str]) -> int:
     lines = ["# Throughput: PPO on the true reward vs on the learned reward", "",
              f"Command: `prefrl bench {' '.join(argv)}`  ",
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} cores; load "
-             f"average at start {load_start}, at end {' / '.join(f'{x:.2f}' for x in os.getloadavg())}.  ",
+             f"average at start {load_start}, at end {load_average()}.  ",
              "One process, one torch thread, the env's preset; timed chunks of PPO.learn alternate between the two "
              "methods so all see the same load. prefrl = ClipRecorder + LearnedReward, the ensemble predicting once "
              "per rollout (the default); prefrl per step = the same predicting at every step, batched over the "

@@ -174,3 +174,15 @@ def test_pendulum_pinned_runs_each_pair_on_both_core_assignments(tmp_path):
     assert f"seed 0 {math.sqrt(ratios[0] * ratios[1]):.3f}x" in md
     r = subprocess.run(args, capture_output=True, text=True, timeout=60)  # never over an earlier result
     assert r.returncode != 0 and "exists; pass another --out" in r.stderr
+
+
+def test_benchmarks_refuse_a_method_that_is_not_pref_of_a_positive_label_count(tmp_path, capsys):
+    from prefrl.bench import is_pref_method, main
+
+    assert is_pref_method("pref_350") and not any(map(is_pref_method, ["pref_0", "pref_x", "pref_", "ppo_true"]))
+    with pytest.raises(SystemExit) as e:
+        main(["mujoco", "--methods", "ppo_true,pref_0", "--out", str(tmp_path / "m")])
+    assert e.value.code == 2 and "unknown method(s) ['pref_0']" in capsys.readouterr().err
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pendulum_pinned.py"
+    r = subprocess.run([sys.executable, str(script), "--method", "pref_x"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "use pref_<labels>" in r.stderr
