@@ -200,6 +200,19 @@ class RewardConfig:
     """Temporal cropping (SURF, Park et al. 2022): in training, each pair's clips are compared over windows of one
     random length between (1 - this) and all of the clip, placed independently in each clip, so one label
     teaches about shifted parts of its clips. 0 compares whole clips (the paper)."""
+    semi_ratio: int = 0
+    """SURF's semi-supervised fit (Park et al. 2022): with each minibatch of b labels, each member also sees this many
+    times b random pairs of unlabelled clips from the recorder's pool (the recent rollouts' clips), and where it
+    prefers one clip of such a pair with probability >= --semi-threshold it is trained to keep preferring it (loss
+    weight --semi-weight), spreading a few labels over many clips. 0: labels only (the paper). Vector observations
+    only; refits then cost about (1 + this) times as much. On Pendulum with 50 labels (seeds 100-119) it did not
+    help: 4 failed 6 of 20 seeds, 1 with --semi-threshold 0.99 failed 7, labels alone 5 (results/bench/README.md,
+    twentieth session)."""
+    semi_threshold: float = 0.95
+    """A member's confidence (sigmoid of its clip-return difference, before the random-answer term) above which
+    an unlabelled pair becomes a pseudo-label for that member (SURF's tau)."""
+    semi_weight: float = 1.0
+    """Weight of the pseudo-label loss beside the labels' (SURF's lambda)."""
     label_buffer: Optional[int] = None
     """Train on only the newest this many labels (None: all)."""
     objective: Literal["preference", "target"] = "preference"
@@ -383,6 +396,11 @@ class TrainConfig:
             (rm.crop_fraction == 0 or rm.objective == "preference",
              "--crop-fraction applies to the preference objective (regression fits whole clips); set --crop-fraction 0"),
             (rm.output_std > 0, f"--output-std must be > 0 (got {rm.output_std})"),
+            (rm.semi_ratio >= 0, f"--semi-ratio must be >= 0 (got {rm.semi_ratio})"),
+            (0.5 < rm.semi_threshold < 1.0, f"--semi-threshold must be in (0.5, 1) (got {rm.semi_threshold})"),
+            (rm.semi_weight > 0, f"--semi-weight must be > 0 (got {rm.semi_weight})"),
+            (rm.semi_ratio == 0 or (rm.objective == "preference" and rm.arch == "mlp"),
+             "--semi-ratio pseudo-labels pairs for the preference objective of an MLP reward model; set --semi-ratio 0"),
             (not (rm.arch == "cnn" and rm.use_actions),
              "--arch cnn sees observations only (the paper's Atari predictor); add --no-use-actions"),
             (not (e.continuous_episode and e.fixed_horizon),

@@ -49,7 +49,7 @@ from prefrl.labels.oracle import make_teacher
 from prefrl.labels.store import Answer, DuplicateLabel, LabelStore, StoreError, check_labeler, run_file
 from prefrl.reliability import fault_point
 from prefrl.reward.model import Ensemble, make_ensemble
-from prefrl.reward.train import FitStats, PreferenceData, RewardTrainer
+from prefrl.reward.train import FitStats, PreferenceData, RewardTrainer, UnlabeledClips
 from prefrl.reward.wrapper import LearnedReward, RelabelledRolloutBuffer, RelabelRollout, RolloutRewardNormalize
 from prefrl.sampling import make_sampler
 from prefrl.schedule import LabelSchedule
@@ -342,9 +342,17 @@ class Trainer:
             self.labels_at_fit = self.store.count_labels(trainable_only=True)
             fault_point("refit")
             with self.timed("refit"):
-                self.fit = self.reward_trainer.fit(data, epochs)
+                self.fit = self.reward_trainer.fit(data, epochs, self._unlabeled_clips())
             self.store.set_meta("reward_model_version", str(self.ensemble.version))  # the app stamps labels with it
         return self.fit
+
+    def _unlabeled_clips(self) -> Optional[UnlabeledClips]:
+        """The recorder's pool (the recent rollouts' clips, labelled or not) for --semi-ratio's pseudo-labels;
+        None when that is off. Vector observations only (config validation), so the pool is in memory."""
+        if self.cfg.reward.semi_ratio <= 0 or self.recorder is None or len(self.recorder.pool) < 2:
+            return None
+        pool = list(self.recorder.pool)
+        return np.stack([c.obs for c in pool]), np.stack([c.acts for c in pool])
 
     def _preference_data(self) -> Optional[PreferenceData]:
         """The labels to fit on. Small clips (MLP envs) are stacked in memory; image clips, whose observations

@@ -58,6 +58,15 @@ def test_other_classic_control_envs(tmp_path, env_id):
     assert r.returncode == 0, r.stderr
 
 
+def test_semi_supervised_fit_runs_on_discrete_actions(tmp_path):
+    """--semi-ratio hands the fit the recorder's pool (Acrobot: integer actions, one-hot in the model)."""
+    run = tmp_path / "r"
+    r = prefrl("train", "--env", "Acrobot-v1", "--run-dir", str(run), *TINY, "--semi-ratio", "2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["reward"]["semi_ratio"] == 2
+    assert json.loads((run / "summary.json").read_text())["phase_seconds"]["refit"] > 0
+
+
 def test_true_reward_baseline(tmp_path):
     r = prefrl("train", "--reward-source", "true", "--run-dir", str(tmp_path / "r"), *TINY)
     assert r.returncode == 0, r.stderr

@@ -388,3 +388,41 @@ def test_trained_clip_returns_are_the_raw_sums_and_keep_disagreement_graded() ->
     assert np.ptp(norm, axis=1).mean() > 2 * np.ptp(raw, axis=1).mean()
     saturated = lambda v: np.mean(np.isclose(v, 0, atol=1e-3) | np.isclose(v, 2 / 9, atol=1e-3))
     assert saturated(variances[True]) > saturated(variances[False]) + 0.2, variances
+
+
+# --- semi-supervised fit (SURF's pseudo-labels) -------------------------------------
+
+
+def test_semi_loss_trains_each_member_toward_the_side_it_is_sure_of_and_ignores_the_rest() -> None:
+    _, trainer = make(RewardConfig(use_actions=True, semi_ratio=1, semi_threshold=0.95))
+    # member 0: left ahead by 5 over the clip (p 0.993: sure); member 1: right ahead by 5; member 2: by 0.5 (unsure)
+    lead = torch.tensor([5.0, -5.0, 0.5])
+    r = torch.zeros(3, 1, 2, 4)
+    r[:, 0, 0, 0] = lead
+    r.requires_grad_(True)
+    loss = trainer._semi_loss(r)
+    assert loss[0] > 0 and loss[1] > 0 and loss[2] == 0
+    loss.sum().backward()
+    g = r.grad[:, 0, :, 0]  # d loss / d (first step's reward) of left and right clip
+    assert g[0, 0] < 0 < g[0, 1]  # member 0 is pushed to prefer left still more
+    assert g[1, 0] > 0 > g[1, 1]  # member 1 toward right
+    assert (g[2] == 0).all()
+
+
+def test_semi_off_or_without_clips_leaves_fits_unchanged() -> None:
+    data = oracle_data(60)
+    pool = random_steps(np.random.default_rng(5), (40, 10), False)
+    base = make(RewardConfig(use_actions=True))[1].fit(data, epochs=5)
+    assert make(RewardConfig(use_actions=True))[1].fit(data, epochs=5, unlabeled=pool) == base
+    assert make(RewardConfig(use_actions=True, semi_ratio=4))[1].fit(data, epochs=5, unlabeled=None) == base
+    assert make(RewardConfig(use_actions=True, semi_ratio=4))[1].fit(data, epochs=5, unlabeled=pool) != base
+
+
+def test_unlabelled_pairs_are_two_different_clips_per_member() -> None:
+    _, trainer = make(RewardConfig(use_actions=True, semi_ratio=2))
+    ux = torch.arange(5, dtype=torch.float32).reshape(5, 1, 1).expand(5, 3, 4)  # clip i holds the value i
+    pairs = trainer._unlabeled_pairs(ux, m=3, k=500)
+    assert pairs.shape == (3, 500, 2, 3, 4)
+    left, right = pairs[:, :, 0, 0, 0], pairs[:, :, 1, 0, 0]
+    assert (left != right).all() and set(left.unique().tolist()) == set(range(5)) == set(right.unique().tolist())
+    assert not torch.equal(pairs[0], pairs[1])  # each member draws its own pairs

@@ -59,6 +59,10 @@ class PreferenceData(NamedTuple):
     true_returns: Optional[np.ndarray] = None  # (N, 2) true return of the left and right clip; objective "target"
 
 
+UnlabeledClips = tuple[np.ndarray, Optional[np.ndarray]]
+"""(obs (U, T, *obs_shape), acts (U, T, ...) or None): clips nobody labelled, for the semi-supervised loss."""
+
+
 class FitStats(NamedTuple):
     n_labels: int
     train_loss: float  # mean over members, each on its own bootstrap resample; no penalty, no dropout
@@ -143,9 +147,10 @@ class RewardTrainer:
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)  # dropout masks
 
-    def fit(self, data: PreferenceData, epochs: int) -> FitStats:
+    def fit(self, data: PreferenceData, epochs: int, unlabeled: Optional[UnlabeledClips] = None) -> FitStats:
         """Train every member `epochs` epochs on its own bootstrap of the train labels, then renormalise
-        the members' outputs over the data and bump ensemble.version."""
+        the members' outputs over the data and bump ensemble.version. With cfg.semi_ratio > 0 and at least two
+        `unlabeled` clips, minibatches also carry pseudo-labelled pairs of them (`_semi_loss`)."""
         ens, cfg = self.ensemble, self.cfg
         n = len(data.target)
         if n == 0:
@@ -162,6 +167,7 @@ class RewardTrainer:
         target = torch.as_tensor(data.target, dtype=torch.float32)
         true = standardised_returns(data) if cfg.objective == "target" else None
 
+        ux = self._unlabeled_features(unlabeled)  # (U, T, F) or None
         m = ens.n_members
         boot, counts, val = self._resamples(data.label_ids)  # (M, L) ids, (M, N) multiplicities, (M, N) bool
         n_draws = boot.shape[1]
@@ -177,11 +183,19 @@ class RewardTrainer:
             for start in range(0, n_draws, bs):
                 ids = epoch_ids[:, start:start + bs]  # (M, b)
                 b = ids.shape[1]
-                r = ens.raw_rewards(x[ids].reshape(m, b * 2 * t_len, n_feat), self.gen)
-                ret = self._train_returns(r.reshape(m, b, 2, t_len))
+                xb = x[ids]  # (M, b, 2, T, F)
+                k = 0
+                if ux is not None:  # the unlabelled pairs ride in the same forward pass
+                    upairs = self._unlabeled_pairs(ux, m, self.cfg.semi_ratio * b)
+                    k = upairs.shape[1]
+                    xb = torch.cat([xb, upairs], dim=1)
+                r = ens.raw_rewards(xb.reshape(m, (b + k) * 2 * t_len, n_feat), self.gen).reshape(m, b + k, 2, t_len)
+                ret = self._train_returns(r[:, :b])
                 nll = self._loss(ret, target[ids], None if true is None else true[ids]).mean(1)  # (M,)
                 sq = sum(w.pow(2).sum((1, 2)) for w in ens.weights)  # (M,)
                 loss = (nll + self.l2 * sq).sum()
+                if k:
+                    loss = loss + self._semi_loss(r[:, b:]).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -207,6 +221,37 @@ class RewardTrainer:
             val_acc=_accuracy(_masked_mean(diff, val, dim=0), target),
             l2=float(self.l2.mean()),
         )
+
+    def _unlabeled_features(self, unlabeled: Optional[UnlabeledClips]) -> Optional[Tensor]:
+        """The pool's clips as model inputs (U, T, F), once per fit; None when the semi-supervised loss is off or
+        there are fewer than two clips to pair."""
+        if self.cfg.semi_ratio <= 0 or unlabeled is None or len(unlabeled[0]) < 2:
+            return None
+        obs, acts = unlabeled
+        with torch.no_grad():
+            return self.ensemble.features(obs, acts)
+
+    def _unlabeled_pairs(self, ux: Tensor, m: int, k: int) -> Tensor:
+        """(M, k, 2, T, F): k random pairs of two different pool clips for each member, SURF's unlabelled batch."""
+        u = ux.shape[0]
+        left = self.rng.integers(0, u, size=(m, k))
+        right = (left + self.rng.integers(1, u, size=(m, k))) % u  # never the clip itself
+        return torch.stack([ux[torch.from_numpy(left)], ux[torch.from_numpy(right)]], dim=2)
+
+    def _semi_loss(self, r: Tensor) -> Tensor:
+        """Per-member rewards (M, k, 2, T) of unlabelled pairs -> SURF's pseudo-label loss (M,): where a member's
+        sigmoid of its whole-clip return difference reaches cfg.semi_threshold either way, the answer it leans to
+        is taken as that member's label (no gradient through the choice) and scored like a real answer (with the
+        random-answer term), on the same cropped windows as labels; unconfident pairs add 0, the mean runs over
+        all k so the weight of pseudo-labels grows with the members' confidence."""
+        with torch.no_grad():
+            whole = r.sum(-1)
+            p_left = torch.sigmoid(whole[..., 0] - whole[..., 1])  # (M, k)
+            sure = (torch.maximum(p_left, 1 - p_left) >= self.cfg.semi_threshold).to(r.dtype)
+            answer = (p_left > 0.5).to(r.dtype)
+        ret = self._train_returns(r)
+        nll = _bt_nll(ret[..., 0] - ret[..., 1], answer, self.cfg.random_answer_prob)
+        return self.cfg.semi_weight * (nll * sure).mean(1)
 
     def _train_returns(self, r: Tensor) -> Tensor:
         """Per-step rewards (M, b, 2, T) -> the clip returns a training step compares (M, b, 2).
