@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from prefrl.config import RewardConfig
 from prefrl.reward.model import Ensemble, RewardEnsemble
+from prefrl.sampling import random_pairs
 
 if TYPE_CHECKING:
     from prefrl.clips import ClipObsArray
@@ -233,10 +234,7 @@ class RewardTrainer:
 
     def _unlabeled_pairs(self, ux: Tensor, m: int, k: int) -> Tensor:
         """(M, k, 2, T, F): k random pairs of two different pool clips for each member, SURF's unlabelled batch."""
-        u = ux.shape[0]
-        left = self.rng.integers(0, u, size=(m, k))
-        right = (left + self.rng.integers(1, u, size=(m, k))) % u  # never the clip itself
-        return torch.stack([ux[torch.from_numpy(left)], ux[torch.from_numpy(right)]], dim=2)
+        return ux[torch.from_numpy(random_pairs(ux.shape[0], m * k, self.rng).reshape(m, k, 2))]
 
     def _semi_loss(self, r: Tensor) -> Tensor:
         """Per-member rewards (M, k, 2, T) of unlabelled pairs -> SURF's pseudo-label loss (M,): where a member's
