@@ -206,8 +206,8 @@ class RewardConfig:
     prefers one clip of such a pair with probability >= --semi-threshold it is trained to keep preferring it (loss
     weight --semi-weight), spreading a few labels over many clips. 0: labels only (the paper). Vector observations
     only; refits then cost about (1 + this) times as much. On Pendulum with 50 labels (seeds 100-119) it did not
-    help: 4 failed 6 of 20 seeds, 1 with --semi-threshold 0.99 failed 7, labels alone 5 (results/bench/README.md,
-    twentieth session)."""
+    help: `--semi-ratio 4` failed 6 of 20 seeds, `--semi-ratio 1 --semi-threshold 0.99` 7, labels alone 5
+    (results/bench/README.md, twentieth session)."""
     semi_threshold: float = 0.95
     """A member's confidence (sigmoid of its clip-return difference, before the random-answer term) above which
     an unlabelled pair becomes a pseudo-label for that member (SURF's tau)."""

@@ -348,8 +348,9 @@ class Trainer:
 
     def _unlabeled_clips(self) -> Optional[UnlabeledClips]:
         """The recorder's pool (the recent rollouts' clips, labelled or not) for --semi-ratio's pseudo-labels;
-        None when that is off. Vector observations only (config validation), so the pool is in memory."""
-        if self.cfg.reward.semi_ratio <= 0 or self.recorder is None or len(self.recorder.pool) < 2:
+        None when that is off, so the fit stacks nothing (RewardTrainer decides whether there are enough clips to
+        pair). Vector observations only (config validation), so the pool is in memory."""
+        if self.cfg.reward.semi_ratio == 0 or self.recorder is None or not self.recorder.pool:
             return None
         pool = list(self.recorder.pool)
         return np.stack([c.obs for c in pool]), np.stack([c.acts for c in pool])

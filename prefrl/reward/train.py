@@ -226,7 +226,7 @@ class RewardTrainer:
     def _unlabeled_features(self, unlabeled: Optional[UnlabeledClips]) -> Optional[Tensor]:
         """The pool's clips as model inputs (U, T, F), once per fit; None when the semi-supervised loss is off or
         there are fewer than two clips to pair."""
-        if self.cfg.semi_ratio <= 0 or unlabeled is None or len(unlabeled[0]) < 2:
+        if self.cfg.semi_ratio == 0 or unlabeled is None or len(unlabeled[0]) < 2:
             return None
         obs, acts = unlabeled
         with torch.no_grad():
