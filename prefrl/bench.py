@@ -207,6 +207,8 @@ class Task:
     flags: dict[str, tuple[str, ...]]  # budget -> train flags before the user's (which override them)
     budgets: dict[str, str]  # budget -> what it is, for --help and the report
     eval_episodes: int = 10
+    target: Optional[float] = None  # the issue's bar for a preference method's mean / PPO-true's mean
+    target_seeds: int = 3  # how many seeds the bar is judged on
 
 
 TASKS: dict[str, Task] = {
@@ -216,7 +218,8 @@ TASKS: dict[str, Task] = {
         steps={"cpu": 1_000_000, "paper": 1_000_000}, seeds=3, flags={"cpu": (), "paper": ()},
         budgets={"cpu": "1M PPO steps per run with the MuJoCo preset (the paper's settings); ~20-30 min a run on "
                         "one core, 18 runs",
-                 "paper": "the same: 1M steps of the preset already is the paper-style comparison"}),
+                 "paper": "the same: 1M steps of the preset already is the paper-style comparison"},
+        target=0.90),
     "pong": Task(
         name="pong", envs=("ALE/Pong-v5",),
         methods={"cpu": ("ppo_true", "pref_1000"), "paper": ("ppo_true", "pref_5500")},
@@ -309,11 +312,40 @@ def _task_tables(task: Task, rows: list[dict], lines: list[str], meta: dict) -> 
             lines.append(f"| {m} | {len(rs)} | {max(r['labels'] for r in rs)} | {mean:.1f} ± {sd:.1f} | {min(xs):.1f} "
                          f"| {rel} | {sps:.0f} | {slow} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
         lines.append("")
+        if task.target is not None:
+            notes = [paired_ratio_note(m, true, rs, task.target, task.target_seeds)
+                     for m, rs in by.items() if m != "ppo_true"]
+            lines += [n + "  " for n in notes if n] + ([""] if any(notes) else [])
     folders = f"Run folders: `{meta['runs_dir']}`" if "runs_dir" in meta else "Run folders: the `run_dir` column"
     curves = (f"curves (true episode return vs PPO steps, mean over the seeds whose run folder was on disk): "
               f"`{task.name}.png`" if meta.get("png", True) else "no curves (no run folder was on disk)")
     lines += [f"Per-run rows: `{task.name}.csv`; {curves}. {folders} (not committed)."]
     return "\n".join(lines) + "\n"
+
+
+def paired_ratio_note(method: str, true_rows: list[dict], rows: list[dict], target: float, k: int,
+                      resamples: int = 20_000) -> Optional[str]:
+    """How far a mean ratio over a few seeds can be trusted: a bootstrap over the seeds both methods ran (each
+    resample keeps a seed's two runs together, since a seed fixes the env and network draws both share), and the
+    share of all k-seed subsets whose mean ratio reaches `target`, i.e. how often a k-seed bar passes by the draw
+    of seeds alone. None when fewer than k seeds pair up or PPO-true's mean is not positive."""
+    import itertools
+
+    import numpy as np
+
+    ref = {r["seed"]: r["true_return"] for r in true_rows}
+    pairs = np.array([(r["true_return"], ref[r["seed"]]) for r in rows if r["seed"] in ref], dtype=np.float64)
+    n = len(pairs)
+    if n < max(k, 2) or pairs[:, 1].mean() <= 0:
+        return None
+    idx = np.random.default_rng(0).integers(0, n, (resamples, n))
+    lo, hi = np.quantile(pairs[idx, 0].mean(1) / pairs[idx, 1].mean(1), [0.05, 0.95])
+    subsets = np.array(list(itertools.combinations(range(n), k)))
+    sub = pairs[subsets].sum(1)  # (S, 2): summed returns of each subset's seeds
+    met = int((sub[:, 0] >= target * sub[:, 1]).sum())
+    return (f"{method} / ppo_true over {n} paired seeds: {pairs[:, 0].mean() / pairs[:, 1].mean():.2f}, bootstrap "
+            f"90% interval {lo:.2f}-{hi:.2f} ({resamples:,} resamples of the seeds); {met} of {len(subsets)} "
+            f"{k}-seed subsets reach the {target:.2f} bar.")
 
 
 def plot_task(task: Task, rows: list[dict], out_png: Path) -> Optional[Path]:

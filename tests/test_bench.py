@@ -56,6 +56,27 @@ def test_combine_merges_seeds_of_several_invocations(tmp_path):
     assert "Combined from the rows of 2 earlier results" in md
 
 
+def test_combine_reports_how_often_a_three_seed_bar_passes(tmp_path):
+    """The mujoco report pairs each preference run with PPO-true's run of the same seed: the bootstrap interval
+    and the share of 3-seed subsets reaching issue 4's 0.90 bar come from those pairs alone."""
+    from prefrl.bench import main
+
+    a = tmp_path / "a.csv"
+    rows = [("Hopper-v5", "ppo_true", s, 1000.0) for s in range(4)]
+    rows += [("Hopper-v5", "pref_350", s, 1000.0) for s in range(3)] + [("Hopper-v5", "pref_350", 3, 100.0)]
+    rows += [("Hopper-v5", "pref_700", 0, 1000.0), ("Hopper-v5", "pref_700", 9, 1000.0)]  # one pair: no note
+    _write_task_csv(a, rows)
+    out = tmp_path / "out"
+    assert main(["mujoco", "--combine", str(a), "--out", str(out)]) == 0
+    md = (out / "mujoco.md").read_text()
+    # seeds {0,1,2}: 3000 vs 3000 passes; the three subsets holding seed 3 reach 2100 / 3000 = 0.70
+    note = [ln for ln in md.splitlines() if ln.startswith("pref_350 / ppo_true over 4 paired seeds: 0.78,")]
+    assert len(note) == 1 and "1 of 4 3-seed subsets reach the 0.90 bar" in note[0]
+    lo, hi = note[0].split("interval ")[1].split(" ")[0].split("-")
+    assert float(hi) == 1.0 and 0.25 <= float(lo) < 0.78  # a resample drawing seed 3 four times: 0.10
+    assert "pref_700 / ppo_true" not in md
+
+
 def test_combine_refuses_a_run_given_twice(tmp_path, capsys):
     from prefrl.bench import main
 
