@@ -36,7 +36,7 @@ MUJOCO_REWARD = dict(MEASURED_REWARD, val_split="per_member", crop_fraction=0.3)
 """MuJoCo's reward fit since the fifteenth session: members validated on their own out-of-bag labels, and SURF's
 temporal cropping (--crop-fraction 0.3). With 350 labels, PPO-true beside them on one host class: HalfCheetah
 seeds 0-4 2463 vs 2604 (0.95), Hopper seeds 5-8 2720 vs 2942 (0.92); benchmarks/mujoco.py's Hopper seeds 0-2:
-2197 vs 2633 (0.83, seed 1 fails). Before, with `shared` and no cropping: 0.80 and
+2197 vs 2633 (0.83, seed 1 fails); Hopper seeds 0-14: 2658 vs 2845 (0.93, seed 1 the one failure). Before, with `shared` and no cropping: 0.80 and
 0.76 (seeds 0-1, twelfth session; HalfCheetah's seed 0 1893 against 4491 here, same host and code); `per_member`
 alone: Hopper 0.59-0.86, HalfCheetah 2076 over seeds 0-2 (results/bench/README.md)."""
 CLIP_STEPS_RANGE = (15, 60)
